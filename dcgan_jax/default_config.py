@@ -1,0 +1,54 @@
+"""Every config field, with its default. The files in configs/ start from this.
+
+Kept inside the package (not in configs/) so that config files can be loaded from any
+directory and so that validation knows the full set of fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The defaults: the 32x32 CIFAR-10 model of configs/cifar.py."""
+    config = ml_collections.ConfigDict()
+
+    # Data. `dataset` is a TFDS name (cifar10, mnist, fashion_mnist) or `digits`, the 8x8
+    # handwritten digits that scikit-learn ships (no download).
+    config.dataset = "cifar10"
+    # Where TFDS keeps (and downloads) datasets; empty means TFDS's default (~/tensorflow_datasets).
+    config.data_dir = ""
+    config.image_size = 32  # a power of two >= 16; the number of blocks follows from it
+    config.channels = 3  # 1 (grayscale) or 3 (RGB); images are converted to this
+    # Examples held in the shuffle buffer; bigger shuffles better and costs memory.
+    config.shuffle_buffer_size = 50_000
+
+    # Model. Widths of the feature maps: the generator's narrowest hidden layer has
+    # g_features channels and doubles per block towards 4x4; the discriminator's first has
+    # d_features and doubles per block.
+    config.z_dim = 100
+    config.g_features = 256
+    config.d_features = 64
+    # Discriminator head on its 4x4 features: "linear" (with bias) or "conv" (4x4 conv
+    # without bias, as in pytorch/examples dcgan).
+    config.d_head = "linear"
+    # Evaluate the stride-2 (transposed) convolutions as exactly equivalent stride-1
+    # convolutions, which differentiate much faster under XLA. Same numbers either way.
+    config.fast_convolutions = True
+    # bfloat16 activations and convolutions (parameters, BatchNorm statistics and the
+    # optimiser stay float32). For GPUs and TPUs; slower on most CPUs.
+    config.half_precision = False
+
+    # Optimisation: Adam for both networks, as in the paper.
+    config.batch_size = 64  # global; split evenly across all local devices
+    config.num_train_steps = 20_000
+    config.learning_rate = 2e-4
+    config.beta1 = 0.5
+    config.beta2 = 0.999
+    config.seed = 0
+
+    # Outputs, in steps.
+    config.log_every_steps = 100
+    config.sample_every_steps = 1000
+    config.num_samples = 64  # images in each sample grid (the fixed noise)
+    config.checkpoint_every_steps = 1000
+    config.max_checkpoints = 3
+    return config

@@ -1,0 +1,307 @@
+"""DCGAN generator and discriminator in Flax linen.
+
+Every kernel is stored as a 4x4 `(kh, kw, in, out)` array that is exactly PyTorch's
+kernel transposed (no spatial flip), so weights convert with a transpose and both
+frameworks compute the same function. What differs is how the convolutions are
+evaluated: XLA:CPU runs the gradient of a strided (transposed) convolution an order of
+magnitude slower than a stride-1 convolution, so `UpConv` and `DownConv` rewrite their
+4x4 stride-2 convolution as an exactly equivalent stride-1 2x2 convolution plus a
+depth-to-space / space-to-depth shuffle. `fast=False` selects the textbook `lax`
+formulation instead; the tests check that the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# DCGAN initialisation (Radford et al., section 4): weights from N(0, 0.02).
+dcgan_kernel_init = nn.initializers.normal(stddev=0.02)
+
+KERNEL_SIZE = 4
+# NHWC activations, HWIO kernels.
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def num_resolution_blocks(image_size: int) -> int:
+    """Number of 2x resolution changes between a 4x4 feature map and `image_size`."""
+    if image_size < 16 or image_size & (image_size - 1):
+        raise ValueError(f"image_size must be a power of two >= 16, got {image_size}.")
+    return int(math.log2(image_size)) - 2
+
+
+def generator_widths(base_features: int, image_size: int) -> list[int]:
+    """Channel widths of the generator's hidden feature maps, from 4x4 upwards."""
+    n = num_resolution_blocks(image_size)
+    return [base_features * 2 ** (n - 1 - i) for i in range(n)]
+
+
+def discriminator_widths(base_features: int, image_size: int) -> list[int]:
+    """Channel widths of the discriminator's feature maps, from full resolution down to 4x4."""
+    return [base_features * 2**i for i in range(num_resolution_blocks(image_size))]
+
+
+def _pytorch_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Reference: PyTorch's ConvTranspose2d(4, stride=2, padding=1) as a dilated conv."""
+    pad = KERNEL_SIZE - 1 - 1
+    return lax.conv_general_dilated(
+        x,
+        kernel[::-1, ::-1],
+        window_strides=(1, 1),
+        padding=((pad, pad), (pad, pad)),
+        lhs_dilation=(2, 2),
+        dimension_numbers=_DIMENSION_NUMBERS,
+    )
+
+
+def _phase_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """ConvTranspose2d(4, stride=2, padding=1) as one stride-1 2x2 conv and depth-to-space.
+
+    Output row 2m+a (a in {0, 1}) only sees input rows {m-1, m} (a=0, taps 3, 1) or
+    {m, m+1} (a=1, taps 2, 0). After padding the input by one, both are the 2-row window
+    starting at padded row m+a, with tap 3 - a - 2r for window row r. So a single 2x2 conv
+    with the four phases' taps stacked on the output axis computes every phase; phase
+    (a, b) is read off at offset (a, b).
+    """
+    batch, height, width, _ = x.shape
+    c_in, c_out = kernel.shape[2:]
+    taps = jnp.array([[3, 1], [2, 0]])  # taps[a, r] = 3 - a - 2r
+    # phase_kernel[r, s, i, a, b, o] = kernel[taps[a, r], taps[b, s], i, o]
+    phase_kernel = kernel[taps.T[:, None, :, None], taps.T[None, :, None, :]]
+    phase_kernel = phase_kernel.transpose(0, 1, 4, 2, 3, 5).reshape(2, 2, c_in, 4 * c_out)
+    y = lax.conv_general_dilated(
+        x,
+        phase_kernel,
+        window_strides=(1, 1),
+        padding=((1, 1), (1, 1)),
+        dimension_numbers=_DIMENSION_NUMBERS,
+    ).reshape(batch, height + 1, width + 1, 2, 2, c_out)
+    rows = []
+    for a in range(2):
+        cols = [y[:, a : a + height, b : b + width, a, b] for b in range(2)]
+        rows.append(jnp.stack(cols, axis=3))  # (batch, H, W, b, c_out)
+    phases = jnp.stack(rows, axis=2)  # (batch, H, a, W, b, c_out)
+    return phases.reshape(batch, 2 * height, 2 * width, c_out)
+
+
+def _pytorch_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Reference: PyTorch's Conv2d(4, stride=2, padding=1)."""
+    return lax.conv_general_dilated(
+        x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DIMENSION_NUMBERS
+    )
+
+
+def _space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Conv2d(4, stride=2, padding=1) as space-to-depth and one stride-1 2x2 conv.
+
+    With tap k = 2q + r, out[m] = sum_k x_pad[2m + k] w[k] = sum_{q, r} y[m + q, r] w[2q + r]
+    where y[j, r] = x_pad[2j + r] is the padded input folded into 2x2 blocks.
+    """
+    batch, height, width, c_in = x.shape
+    c_out = kernel.shape[-1]
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h2, w2 = (height + 2) // 2, (width + 2) // 2
+    y = x.reshape(batch, h2, 2, w2, 2, c_in).transpose(0, 1, 3, 2, 4, 5)
+    y = y.reshape(batch, h2, w2, 4 * c_in)
+    # kernel[2q + r, 2p + s, i, o] -> folded[q, p, (r, s, i), o]
+    folded = kernel.reshape(2, 2, 2, 2, c_in, c_out).transpose(0, 2, 1, 3, 4, 5)
+    folded = folded.reshape(2, 2, 4 * c_in, c_out)
+    return lax.conv_general_dilated(
+        y, folded, (1, 1), "VALID", dimension_numbers=_DIMENSION_NUMBERS
+    )
+
+
+class UpConv(nn.Module):
+    """PyTorch's `ConvTranspose2d(in, features, 4, stride=2, padding=1, bias=False)`."""
+
+    features: int
+    fast: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", dcgan_kernel_init, (KERNEL_SIZE, KERNEL_SIZE, x.shape[-1], self.features)
+        )
+        kernel = kernel.astype(x.dtype)
+        return _phase_conv_transpose(x, kernel) if self.fast else _pytorch_conv_transpose(x, kernel)
+
+
+class DownConv(nn.Module):
+    """PyTorch's `Conv2d(in, features, 4, stride=2, padding=1, bias=False)`."""
+
+    features: int
+    fast: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", dcgan_kernel_init, (KERNEL_SIZE, KERNEL_SIZE, x.shape[-1], self.features)
+        )
+        kernel = kernel.astype(x.dtype)
+        return _space_to_depth_conv(x, kernel) if self.fast else _pytorch_strided_conv(x, kernel)
+
+
+class Dense4x4(nn.Module):
+    """A 4x4 kernel applied without padding to/from a 1x1 map: a plain matrix product.
+
+    `project=True` is the generator's first layer, `ConvTranspose2d(z_dim, features, 4, 1, 0)`
+    on a 1x1 input: (batch, z_dim) -> (batch, 4, 4, features). `project=False` is the
+    discriminator's head on its 4x4 features: `Conv2d(in, 1, 4, 1, 0)` (pytorch/examples) or,
+    with a bias, `Linear(in * 16, 1)` on the flattened features; (batch, 4, 4, in) -> (batch,).
+    """
+
+    features: int
+    project: bool
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c_in = x.shape[-1]
+        kernel = self.param(
+            "kernel", dcgan_kernel_init, (KERNEL_SIZE, KERNEL_SIZE, c_in, self.features)
+        ).astype(x.dtype)
+        if self.project:
+            y = jnp.einsum("bi,hwio->bhwo", x, kernel)
+        else:
+            y = jnp.einsum("bhwi,hwio->bo", x, kernel)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
+        return y if self.project else y[:, 0]
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm with PyTorch's semantics, synchronised across `axis_name` when given.
+
+    Normalises with the biased batch variance but, like PyTorch, tracks the unbiased one in
+    `var`. `momentum` is PyTorch's (weight of the new batch), not Flax's decay. Under pmap
+    the mean and variance are those of the global batch, so results do not depend on how
+    the batch is split across devices.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        scale = self.param(
+            "scale", lambda key, shape: 1.0 + 0.02 * jax.random.normal(key, shape), (channels,)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,))
+        running_var = self.variable("batch_stats", "var", jnp.ones, (channels,))
+
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            reduce_axes = tuple(range(x.ndim - 1))
+            # Statistics in float32 even when activations are bfloat16.
+            x32 = x.astype(jnp.float32)
+            mean = x32.mean(reduce_axes)
+            count = x.size // channels
+            if self.axis_name is not None:
+                mean = lax.pmean(mean, self.axis_name)
+                count *= lax.axis_size(self.axis_name)
+            var = jnp.square(x32 - mean).mean(reduce_axes)
+            if self.axis_name is not None:
+                var = lax.pmean(var, self.axis_name)
+            if not self.is_initializing():
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * mean
+                unbiased_var = var * (count / max(count - 1, 1))
+                running_var.value = (1 - m) * running_var.value + m * unbiased_var
+
+        inv = lax.rsqrt(var + self.epsilon) * scale
+        return ((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)).astype(
+            x.dtype
+        )
+
+
+class Generator(nn.Module):
+    """z (batch, z_dim) -> images (batch, image_size, image_size, channels) in [-1, 1].
+
+    A 4x4 projection followed by stride-2 up-convolutions, BatchNorm + ReLU between, tanh
+    out. Widths halve at each doubling of resolution, ending at `base_features`.
+    """
+
+    image_size: int
+    channels: int
+    base_features: int
+    fast: bool = True
+    axis_name: str | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array, train: bool) -> jax.Array:
+        norm = lambda: BatchNorm(use_running_average=not train, axis_name=self.axis_name)
+        widths = generator_widths(self.base_features, self.image_size)
+        x = Dense4x4(widths[0], project=True)(z.astype(self.dtype))
+        x = nn.relu(norm()(x))
+        for width in widths[1:]:
+            x = nn.relu(norm()(UpConv(width, fast=self.fast)(x)))
+        x = UpConv(self.channels, fast=self.fast)(x)
+        return jnp.tanh(x.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+    """images (batch, H, W, C) -> logits (batch,).
+
+    Stride-2 4x4 convolutions with LeakyReLU(0.2), BatchNorm on all but the first, down to
+    4x4, then a head over the 4x4 features: 'conv' (pytorch/examples, no bias) or 'linear'
+    (a linear layer with bias on the flattened features).
+    """
+
+    image_size: int
+    base_features: int
+    head: str = "conv"
+    fast: bool = True
+    axis_name: str | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.head not in ("conv", "linear"):
+            raise ValueError(f"head must be 'conv' or 'linear', got {self.head!r}.")
+        widths = discriminator_widths(self.base_features, self.image_size)
+        x = x.astype(self.dtype)
+        for i, width in enumerate(widths):
+            x = DownConv(width, fast=self.fast)(x)
+            if i > 0:
+                x = BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+            x = nn.leaky_relu(x, negative_slope=0.2)
+        logits = Dense4x4(1, project=False, use_bias=self.head == "linear")(x)
+        return logits.astype(jnp.float32)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+
+
+def make_models(config, axis_name: str | None = None) -> tuple[Generator, Discriminator]:
+    """The generator and discriminator a config describes."""
+    dtype = jnp.bfloat16 if config.get("half_precision", False) else jnp.float32
+    fast = config.get("fast_convolutions", True)
+    generator = Generator(
+        image_size=config.image_size,
+        channels=config.channels,
+        base_features=config.g_features,
+        fast=fast,
+        axis_name=axis_name,
+        dtype=dtype,
+    )
+    discriminator = Discriminator(
+        image_size=config.image_size,
+        base_features=config.d_features,
+        head=config.d_head,
+        fast=fast,
+        axis_name=axis_name,
+        dtype=dtype,
+    )
+    return generator, discriminator

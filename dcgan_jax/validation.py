@@ -1,0 +1,115 @@
+"""Errors a user can fix, and the checks that find them before anything is compiled."""
+
+from __future__ import annotations
+
+import os
+
+from dcgan_jax import default_config
+
+# Datasets the input pipeline knows; `digits` ships with scikit-learn, the rest come from TFDS.
+DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a")
+
+_POSITIVE_INTS = (
+    "image_size",
+    "z_dim",
+    "g_features",
+    "d_features",
+    "batch_size",
+    "num_train_steps",
+    "log_every_steps",
+    "sample_every_steps",
+    "num_samples",
+    "checkpoint_every_steps",
+    "max_checkpoints",
+    "shuffle_buffer_size",
+)
+
+
+class UserError(Exception):
+    """A problem with the user's input. The CLIs print the message and exit non-zero."""
+
+
+class ConfigError(UserError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_config(config, num_devices: int) -> None:
+    """Raises ConfigError for the first config value that cannot work.
+
+    Args:
+      config: the run's ConfigDict.
+      num_devices: local devices the global batch is split across.
+    """
+    unknown = sorted(set(config.keys()) - set(default_config.get_config().keys()))
+    if unknown:
+        raise ConfigError(
+            f"config has unknown field(s) {unknown}. Remove them; the known fields are "
+            "listed, with comments, in dcgan_jax/default_config.py."
+        )
+    for key in _POSITIVE_INTS:
+        value = config[key]
+        if not _is_int(value) or value <= 0:
+            raise ConfigError(
+                f"config.{key}={value!r} must be a positive integer. "
+                f"Fix: --config.{key}=<positive integer>."
+            )
+    size = config.image_size
+    if size < 16 or size & (size - 1):
+        raise ConfigError(
+            f"config.image_size={size} must be a power of two >= 16 (16, 32, 64, 128, ...). "
+            "Fix: e.g. --config.image_size=32."
+        )
+    if config.channels not in (1, 3) or not _is_int(config.channels):
+        raise ConfigError(
+            f"config.channels={config.channels!r} must be 1 (grayscale) or 3 (RGB). "
+            "Fix: --config.channels=3."
+        )
+    if config.dataset not in DATASETS:
+        raise ConfigError(
+            f"config.dataset={config.dataset!r} is not a dataset this project reads. "
+            f"Fix: --config.dataset=<one of {', '.join(DATASETS)}>."
+        )
+    if config.d_head not in ("conv", "linear"):
+        raise ConfigError(
+            f"config.d_head={config.d_head!r} must be 'conv' or 'linear'. "
+            "Fix: --config.d_head=linear."
+        )
+    if not config.learning_rate > 0:
+        raise ConfigError(
+            f"config.learning_rate={config.learning_rate!r} must be > 0. "
+            "Fix: e.g. --config.learning_rate=2e-4."
+        )
+    for key in ("beta1", "beta2"):
+        if not 0 <= config[key] < 1:
+            raise ConfigError(
+                f"config.{key}={config[key]!r} must be in [0, 1). Fix: e.g. --config.{key}="
+                + ("0.5" if key == "beta1" else "0.999")
+                + "."
+            )
+    if not _is_int(config.seed):
+        raise ConfigError(f"config.seed={config.seed!r} must be an integer.")
+    if config.batch_size % num_devices:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} does not split evenly across the "
+            f"{num_devices} local devices. Fix: a multiple of {num_devices}, e.g. "
+            f"--config.batch_size={num_devices * max(1, config.batch_size // num_devices)}."
+        )
+
+
+def check_workdir_writable(workdir: str) -> None:
+    """Creates `workdir` if needed and proves a file can be written there."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(
+            f"workdir {workdir!r} cannot be written ({e.strerror or e}). "
+            "Fix: pass a --workdir you can write to, or fix its permissions."
+        ) from e
