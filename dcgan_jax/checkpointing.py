@@ -101,3 +101,31 @@ def restore_state(manager: ocp.CheckpointManager, step: int, template):
             "Fix: use a new --workdir, or the config that wrote it."
         ) from e
     return restored["state"]
+
+
+def load_latest(workdir: str, step: int | None = None):
+    """(config, state) from the newest (or the given) checkpoint in `workdir`.
+
+    The config is the one stored with the checkpoint, so no config file is needed.
+    """
+    from dcgan_jax import models
+    from dcgan_jax.state import create_state
+
+    directory = checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        raise UserError(
+            f"no checkpoints in {directory}. Fix: pass the --workdir of a training run "
+            "(or convert PyTorch weights into one with python -m dcgan_jax.convert)."
+        )
+    manager = make_manager(workdir)
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+        raise UserError(
+            f"no checkpoint {'at step ' + str(step) if step is not None else ''} in {directory}"
+            f" (found steps {list(manager.all_steps())}). Fix: pass an existing step or workdir."
+        )
+    config = saved_config(manager, step)
+    generator, discriminator = models.make_models(config)
+    state = restore_state(manager, step, create_state(config, generator, discriminator))
+    manager.close()
+    return config, state

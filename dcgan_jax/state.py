@@ -60,8 +60,15 @@ def _init_network(
 
 def create_state(config, generator: nn.Module, discriminator: nn.Module) -> GANState:
     """Freshly initialised state for `config` (deterministic in `config.seed`)."""
-    root = jax.random.PRNGKey(config.seed)
-    g_key, d_key, noise_key, train_key = jax.random.split(root, 4)
+    # One compiled initialisation instead of hundreds of op-by-op dispatches.
+    return jax.jit(lambda: _create_state(config, generator, discriminator))()
+
+
+def _create_state(config, generator: nn.Module, discriminator: nn.Module) -> GANState:
+    noise_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    # Parameters are drawn with the RBG generator: XLA:CPU compiles the initialisation of
+    # all layers with it in ~1 s, against ~7 s with threefry (same distributions).
+    g_key, d_key = jax.random.split(jax.random.key(config.seed, impl="rbg"))
     tx = make_optimizer(config)
     z = jnp.zeros((1, config.z_dim), jnp.float32)
     images = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)

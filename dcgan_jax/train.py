@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import sys
@@ -15,7 +16,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from flax import jax_utils
 
 from dcgan_jax import checkpointing, models, sampling, steps
 from dcgan_jax.state import GANState, create_state
@@ -41,6 +41,31 @@ def init_state(config) -> GANState:
     """A fresh, unreplicated state whose modules synchronise over the pmap axis."""
     generator, discriminator = models.make_models(config, axis_name=AXIS_NAME)
     return create_state(config, generator, discriminator)
+
+
+def _device_sharding(devices) -> jax.sharding.NamedSharding:
+    # The mesh axis is named like the pmap axis: pmap's outputs carry this sharding, so
+    # inputs placed the same way never trigger a second compilation.
+    mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS_NAME,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
+
+
+def replicate(tree, devices):
+    """One copy of `tree` per device, stacked on a leading axis, as pmap expects."""
+    sharding = _device_sharding(devices)
+    stack = lambda x: np.stack([np.asarray(x)] * len(devices))
+    return jax.device_put(jax.tree_util.tree_map(stack, tree), sharding)
+
+
+def prefetch_to_devices(batches, devices, size: int = 2):
+    """Places (devices, per_device, ...) host batches on the devices, `size` ahead."""
+    sharding = _device_sharding(devices)
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(jax.device_put(batch, sharding))
+        if len(queue) > size:
+            yield queue.popleft()
+    yield from queue
 
 
 def unreplicate(state: GANState) -> GANState:
@@ -140,8 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
 
     writer = SummaryWriter(workdir)
     p_train_step = make_p_train_step(devices)
-    replicated = jax_utils.replicate(state, devices)
-    batches = jax_utils.prefetch_to_device(dataset.as_numpy_iterator(), 2, devices)
+    replicated = replicate(state, devices)
+    batches = prefetch_to_devices(dataset.as_numpy_iterator(), devices)
 
     history = []
     window_start = time.perf_counter()

@@ -1,0 +1,44 @@
+"""Test setup: two fake CPU devices, so the pmap code paths run on any machine."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import pytest
+
+from dcgan_jax import default_config
+
+NUM_DEVICES = 2
+
+
+def tiny_config(**overrides):
+    """A 16x16 digits config small enough to train in seconds."""
+    config = default_config.get_config()
+    config.dataset = "digits"
+    config.image_size = 16
+    config.channels = 1
+    config.z_dim = 8
+    config.g_features = 8
+    config.d_features = 8
+    config.batch_size = 8
+    config.num_train_steps = 4
+    config.shuffle_buffer_size = 2000
+    config.log_every_steps = 2
+    config.sample_every_steps = 2
+    config.num_samples = 4
+    config.checkpoint_every_steps = 2
+    config.max_checkpoints = 2
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _check_devices():
+    assert jax.local_device_count() == NUM_DEVICES, "XLA_FLAGS was set after jax was imported"

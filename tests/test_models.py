@@ -1,0 +1,123 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax import default_config, models, sampling
+from dcgan_jax.state import create_state
+
+
+def _load_config(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("height,width", [(4, 4), (3, 5), (8, 2)])
+def test_fast_up_conv_equals_dilated_conv(height, width):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(height * 10 + width))
+    x = jax.random.normal(k1, (2, height, width, 5))
+    kernel = jax.random.normal(k2, (4, 4, 5, 7))
+    fast = models._phase_conv_transpose(x, kernel)
+    reference = models._pytorch_conv_transpose(x, kernel)
+    assert fast.shape == (2, 2 * height, 2 * width, 7)
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("height,width", [(8, 8), (4, 6), (16, 2)])
+def test_fast_down_conv_equals_strided_conv(height, width):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(height * 10 + width))
+    x = jax.random.normal(k1, (2, height, width, 3))
+    kernel = jax.random.normal(k2, (4, 4, 3, 6))
+    fast = models._space_to_depth_conv(x, kernel)
+    reference = models._pytorch_strided_conv(x, kernel)
+    assert fast.shape == (2, height // 2, width // 2, 6)
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_convs_have_equal_gradients():
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(k1, (2, 4, 4, 3))
+    kernel = jax.random.normal(k2, (4, 4, 3, 5))
+    for fast, slow in [
+        (models._phase_conv_transpose, models._pytorch_conv_transpose),
+        (models._space_to_depth_conv, models._pytorch_strided_conv),
+    ]:
+        loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+        g_fast = jax.grad(loss(fast), argnums=(0, 1))(x, kernel)
+        g_slow = jax.grad(loss(slow), argnums=(0, 1))(x, kernel)
+        for a, b in zip(g_fast, g_slow, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _param_counts(config):
+    g, d = models.make_models(config)
+    state = jax.eval_shape(lambda: create_state(config, g, d))
+    return models.count_params(state.generator.params), models.count_params(
+        state.discriminator.params
+    )
+
+
+def test_cifar_parameter_counts():
+    # G: 100*1024*16 + 1024*512*16 + 512*256*16 + 256*3*16 convs, + 2*(1024+512+256) BN.
+    # D: 3*64*16 + 64*128*16 + 128*256*16 convs, 2*(128+256) BN, 4*4*256 + 1 linear.
+    assert _param_counts(_load_config("cifar")) == (12_140_032, 663_297)
+
+
+def test_celeba_parameter_counts_equal_pytorch_examples():
+    # pytorch/examples dcgan/main.py with nz=100, ngf=ndf=64, nc=3.
+    assert _param_counts(_load_config("celeba")) == (3_576_704, 2_765_568)
+
+
+@pytest.mark.parametrize("image_size", [16, 64])
+def test_shapes_follow_image_size(image_size):
+    config = default_config.get_config()
+    config.image_size, config.g_features, config.d_features = image_size, 4, 4
+    g, d = models.make_models(config)
+    state = create_state(config, g, d)
+    z = jnp.zeros((3, config.z_dim))
+    images = jax.jit(sampling.generate_eval)(state.generator, z)
+    assert images.shape == (3, image_size, image_size, 3)
+    logits = jax.eval_shape(
+        lambda s, x: s.apply_fn({"params": s.params, "batch_stats": s.batch_stats}, x, train=False),
+        state.discriminator,
+        images,
+    )
+    assert logits.shape == (3,)
+    n_blocks = int(np.log2(image_size)) - 2
+    assert len([k for k in state.generator.params if k.startswith("UpConv")]) == n_blocks
+    assert len([k for k in state.discriminator.params if k.startswith("DownConv")]) == n_blocks
+
+
+def test_image_size_must_be_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        models.num_resolution_blocks(48)
+
+
+def test_dcgan_initialisation():
+    config = _load_config("cifar")
+    g, d = models.make_models(config)
+    state = create_state(config, g, d)
+    kernel = np.asarray(state.generator.params["UpConv_0"]["kernel"])
+    assert abs(kernel.std() - 0.02) < 0.001 and abs(kernel.mean()) < 0.001
+    bn = state.generator.params["BatchNorm_0"]
+    assert abs(np.asarray(bn["scale"]).mean() - 1) < 0.005
+    assert abs(np.asarray(bn["scale"]).std() - 0.02) < 0.005
+    assert not np.asarray(bn["bias"]).any()
+
+
+def test_batchnorm_tracks_unbiased_variance_with_pytorch_momentum():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 2)) * 3 + 1
+    bn = models.BatchNorm(use_running_average=False)
+    variables = bn.init(jax.random.PRNGKey(1), x)
+    y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    flat = np.asarray(x).reshape(-1, 2)
+    stats = updates["batch_stats"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+    scale = np.asarray(variables["params"]["scale"])
+    expected = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5) * scale
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, 2), expected, rtol=1e-4, atol=1e-5)

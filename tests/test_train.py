@@ -1,0 +1,157 @@
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from dcgan_jax import checkpointing, train
+from dcgan_jax.validation import ConfigError, UserError
+from tests.conftest import tiny_config
+
+
+def _assert_states_equal(a, b, rtol=0.0, atol=0.0):
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    config = tiny_config(num_train_steps=6, checkpoint_every_steps=3, log_every_steps=3)
+    uninterrupted = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    assert int(uninterrupted.step) == 6
+
+    first_half = tiny_config(num_train_steps=3, checkpoint_every_steps=3, log_every_steps=3)
+    train.train_and_evaluate(first_half, str(tmp_path / "resumed"))
+    resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert int(resumed.step) == 6
+    # Same data order, same noise, same state: bit-for-bit equal.
+    _assert_states_equal(resumed, uninterrupted)
+
+
+def test_workdir_outputs(tmp_path):
+    workdir = tmp_path / "run"
+    config = tiny_config(num_train_steps=4, max_checkpoints=1)
+    state = train.train_and_evaluate(config, str(workdir))
+    assert sorted(os.listdir(workdir / "samples")) == ["step_000002.png", "step_000004.png"]
+    # max_checkpoints=1 keeps only the last.
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    loaded_config, loaded = checkpointing.load_latest(str(workdir))
+    assert loaded_config.to_dict() == config.to_dict()
+    _assert_states_equal(loaded, state)
+
+
+def test_cifar10_config_trains_under_mock_data(tmp_path):
+    from tests.test_models import _load_config
+
+    config = _load_config("cifar")
+    config.g_features, config.d_features = 8, 8
+    config.batch_size, config.num_train_steps, config.num_samples = 4, 2, 4
+    config.shuffle_buffer_size = 16
+    with tfds.testing.mock_data(num_examples=16):
+        state = train.train_and_evaluate(config, str(tmp_path / "cifar"))
+    assert int(state.step) == 2
+    assert (tmp_path / "cifar" / "samples" / "step_000002.png").exists()
+
+
+def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(num_train_steps=2), workdir)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    with pytest.raises(UserError, match=r"different config \(g_features: checkpoint 8 vs now 16"):
+        train.train_and_evaluate(tiny_config(num_train_steps=4, g_features=16), workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"dataset": "imagenet21k"}, r"config.dataset='imagenet21k' is not a dataset"),
+        ({"image_size": 48}, r"config.image_size=48 must be a power of two"),
+        ({"batch_size": 0}, r"config.batch_size=0 must be a positive integer"),
+        ({"num_train_steps": -5}, r"config.num_train_steps=-5 must be a positive integer"),
+        ({"batch_size": 7}, r"config.batch_size=7 does not split evenly across the 2"),
+        ({"beta1": 1.5}, r"config.beta1=1.5 must be in \[0, 1\)"),
+        ({"learning_rate": 0.0}, r"config.learning_rate=0.0 must be > 0"),
+        ({"channels": 2}, r"config.channels=2 must be 1 \(grayscale\) or 3"),
+    ],
+)
+def test_bad_config_values_are_refused_before_any_work(tmp_path, overrides, message):
+    workdir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message):
+        train.train_and_evaluate(tiny_config(**overrides), str(workdir))
+    assert not workdir.exists()
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match=r"cannot be written.*Fix: pass a --workdir"):
+        train.train_and_evaluate(tiny_config(), str(blocker / "run"))
+
+
+def test_dataset_that_cannot_be_downloaded(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
+
+    monkeypatch.setattr(tfds, "load", no_network)
+    with pytest.raises(UserError, match=r"could not load TFDS dataset 'mnist'.*data_dir"):
+        train.train_and_evaluate(tiny_config(dataset="mnist"), str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+        tmp_path / "run" / "checkpoints"
+    )
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return subprocess.run(
+        [sys.executable, "-m", "dcgan_jax.train", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_cli_bad_override_is_one_clear_message(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = _cli(
+        "--config",
+        os.path.join(repo, "configs", "digits.py"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--config.image_size=24",
+        cwd=str(tmp_path),
+    )
+    assert result.returncode != 0
+    assert "error: config.image_size=24 must be a power of two" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_trains_and_resumes(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [
+        "--config",
+        os.path.join(repo, "configs", "digits.py"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--config.g_features=8",
+        "--config.d_features=8",
+        "--config.z_dim=8",
+        "--config.batch_size=16",
+        "--config.log_every_steps=2",
+        "--config.sample_every_steps=2",
+        "--config.checkpoint_every_steps=2",
+    ]
+    first = _cli(*args, "--config.num_train_steps=2", cwd=str(tmp_path))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "step 2/2 | d_loss" in first.stdout
+    second = _cli(*args, "--config.num_train_steps=4", cwd=str(tmp_path))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Resumed from checkpoint at step 2" in second.stdout
+    assert "step 4/4 | d_loss" in second.stdout
