@@ -177,9 +177,9 @@ class BatchNorm(nn.Module):
     """BatchNorm with PyTorch's semantics, synchronised across `axis_name` when given.
 
     Normalises with the biased batch variance but, like PyTorch, tracks the unbiased one in
-    `var`. `momentum` is PyTorch's (weight of the new batch), not Flax's decay. Under pmap
-    the mean and variance are those of the global batch, so results do not depend on how
-    the batch is split across devices.
+    `var` and counts training batches in `num_batches_tracked`. `momentum` is PyTorch's
+    (weight of the new batch), not Flax's decay. Under pmap the mean and variance are those
+    of the global batch, so results do not depend on how the batch is split across devices.
     """
 
     use_running_average: bool
@@ -196,6 +196,10 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (channels,))
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,))
         running_var = self.variable("batch_stats", "var", jnp.ones, (channels,))
+        # Kept so that PyTorch state dicts convert both ways without loss.
+        batches_seen = self.variable(
+            "batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32)
+        )
 
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value
@@ -216,6 +220,7 @@ class BatchNorm(nn.Module):
                 running_mean.value = (1 - m) * running_mean.value + m * mean
                 unbiased_var = var * (count / max(count - 1, 1))
                 running_var.value = (1 - m) * running_var.value + m * unbiased_var
+                batches_seen.value = batches_seen.value + 1
 
         inv = lax.rsqrt(var + self.epsilon) * scale
         return ((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)).astype(

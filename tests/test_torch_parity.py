@@ -1,0 +1,159 @@
+"""JAX vs the PyTorch reference: same weights and inputs give the same numbers (CPU, fp32)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dcgan_jax import conversion, models, steps, torch_reference  # noqa: E402
+from dcgan_jax.state import create_state  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+
+# Small versions of the two reference architectures.
+ARCHITECTURES = {
+    "cifar": dict(image_size=32, channels=3, d_head="linear", g_features=8, d_features=8),
+    "celeba": dict(image_size=64, channels=3, d_head="conv", g_features=4, d_features=4),
+}
+
+
+def assert_close(actual, expected, rel):
+    """max |actual - expected| <= rel * max |expected| (relative to the tensor's scale)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    scale = max(np.abs(expected).max(), 1e-12)
+    error = np.abs(actual - expected).max()
+    assert error <= rel * scale, f"max abs error {error:.3g} > {rel} * {scale:.3g}"
+
+
+def _nchw(x):
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def _state_dict_numpy(module):
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def _randomize_running_stats(module, generator):
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5, generator=generator)
+            m.running_var.uniform_(0.5, 2.0, generator=generator)
+            m.num_batches_tracked.fill_(int(torch.randint(0, 100, (1,), generator=generator)))
+
+
+def _setup(arch, seed):
+    config = tiny_config(**ARCHITECTURES[arch], z_dim=16, batch_size=8)
+    net_g, net_d, opt_g, opt_d = torch_reference.build(config, seed=seed)
+    g, d = models.make_models(config)
+    state = create_state(config, g, d)
+    state = conversion.load_into_state(
+        state, _state_dict_numpy(net_g), _state_dict_numpy(net_d), config
+    )
+    rng = np.random.default_rng(seed)
+    size, channels = config.image_size, config.channels
+    real = rng.uniform(-1, 1, (config.batch_size, size, size, channels)).astype(np.float32)
+    z = rng.standard_normal((config.batch_size, config.z_dim)).astype(np.float32)
+    return config, state, (net_g, net_d, opt_g, opt_d), real, z
+
+
+def _apply(train_state, x, train):
+    variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
+    if train:
+        return train_state.apply_fn(variables, x, train=True, mutable=["batch_stats"])[0]
+    return train_state.apply_fn(variables, x, train=False)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("train", [True, False])
+def test_forward_passes_match(arch, train):
+    seed = np.random.SeedSequence().entropy % 2**31  # fresh weights and inputs each run
+    config, state, (net_g, net_d, *_), real, z = _setup(arch, seed)
+    if not train:
+        gen = torch.Generator().manual_seed(seed)
+        _randomize_running_stats(net_g, gen)
+        _randomize_running_stats(net_d, gen)
+        state = conversion.load_into_state(
+            state, _state_dict_numpy(net_g), _state_dict_numpy(net_d), config
+        )
+    net_g.train(train)
+    net_d.train(train)
+    with torch.no_grad():
+        fake_torch = net_g(torch.from_numpy(z)).numpy().transpose(0, 2, 3, 1)
+        prob_torch = net_d(_nchw(real)).numpy()
+    fake_jax = jax.jit(_apply, static_argnums=2)(state.generator, z, train)
+    logits_jax = jax.jit(_apply, static_argnums=2)(state.discriminator, real, train)
+    assert_close(fake_jax, fake_torch, 1e-5)
+    assert_close(jax.nn.sigmoid(logits_jax), prob_torch, 1e-5)
+
+
+def _compare_states(state, net_g, net_d, config, rel):
+    g_sd, d_sd = conversion.state_to_torch(jax.device_get(state), config)
+    for ours, net in ((g_sd, net_g), (d_sd, net_d)):
+        reference = _state_dict_numpy(net)
+        assert ours.keys() == reference.keys()
+        for key, value in reference.items():
+            if key.endswith("num_batches_tracked"):
+                assert int(ours[key]) == int(value), key
+            else:
+                assert_close(ours[key], value, rel)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_training_steps_match(arch):
+    seed = np.random.SeedSequence().entropy % 2**31
+    config, state, (net_g, net_d, opt_g, opt_d), real, z = _setup(arch, seed)
+    step = jax.jit(steps.train_step_with_noise)
+    rng = np.random.default_rng(seed + 1)
+    for i in range(10):
+        if i > 0:
+            real = rng.uniform(-1, 1, real.shape).astype(np.float32)
+            z = rng.standard_normal(z.shape).astype(np.float32)
+        state, metrics = step(state, jnp.asarray(real), jnp.asarray(z))
+        reference = torch_reference.train_step(
+            net_g, net_d, opt_g, opt_d, _nchw(real), torch.from_numpy(z)
+        )
+        rel = 1e-4 if i == 0 else 1e-3
+        for key in reference:
+            assert_close(metrics[key], reference[key], rel)
+        if i == 0:
+            _compare_states(state, net_g, net_d, config, 1e-4)
+    _compare_states(state, net_g, net_d, config, 1e-3)
+    # Each D update sees 3 forward passes in training mode, each G update 1 (as in PyTorch).
+    d_counts = jax.device_get(state.discriminator.batch_stats["BatchNorm_0"])
+    assert int(d_counts["num_batches_tracked"]) == 30
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_torch_to_jax_to_torch_is_exact(arch):
+    config = tiny_config(**ARCHITECTURES[arch])
+    net_g, net_d, *_ = torch_reference.build(config, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    _randomize_running_stats(net_g, gen)
+    _randomize_running_stats(net_d, gen)
+    for net, layout in (
+        (net_g, conversion.generator_layout(config)),
+        (net_d, conversion.discriminator_layout(config)),
+    ):
+        original = net.state_dict()
+        variables = conversion.torch_to_flax(_state_dict_numpy(net), layout)
+        back = conversion.flax_to_torch(jax.device_get(jax.device_put(variables)), layout)
+        assert list(back) == list(original)
+        for key, value in original.items():
+            restored = torch.from_numpy(back[key])
+            assert restored.dtype == value.dtype and torch.equal(restored, value), key
+        # And the converted dict loads into a fresh reference module.
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()})
+
+
+def test_mismatched_state_dict_is_refused_with_the_fix():
+    from dcgan_jax.validation import UserError
+
+    config = tiny_config(**ARCHITECTURES["celeba"])
+    net_g, net_d, *_ = torch_reference.build(config)
+    other = tiny_config(**{**ARCHITECTURES["celeba"], "g_features": 8})
+    g, d = models.make_models(other)
+    state = jax.eval_shape(lambda: create_state(other, g, d))
+    with pytest.raises(UserError, match=r"main.0.weight has shape \(8, 32, 4, 4\), expected"):
+        conversion.load_into_state(state, _state_dict_numpy(net_g), _state_dict_numpy(net_d), other)
