@@ -205,8 +205,8 @@ class BatchNorm(nn.Module):
             mean, var = running_mean.value, running_var.value
         else:
             reduce_axes = tuple(range(x.ndim - 1))
-            # Statistics in float32 even when activations are bfloat16.
-            x32 = x.astype(jnp.float32)
+            # Statistics in at least float32, also for bfloat16 activations.
+            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             mean = x32.mean(reduce_axes)
             count = x.size // channels
             if self.axis_name is not None:
@@ -251,7 +251,7 @@ class Generator(nn.Module):
         for width in widths[1:]:
             x = nn.relu(norm()(UpConv(width, fast=self.fast)(x)))
         x = UpConv(self.channels, fast=self.fast)(x)
-        return jnp.tanh(x.astype(jnp.float32))
+        return jnp.tanh(x.astype(jnp.promote_types(self.dtype, jnp.float32)))
 
 
 class Discriminator(nn.Module):
@@ -281,7 +281,7 @@ class Discriminator(nn.Module):
                 x = BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
             x = nn.leaky_relu(x, negative_slope=0.2)
         logits = Dense4x4(1, project=False, use_bias=self.head == "linear")(x)
-        return logits.astype(jnp.float32)
+        return logits.astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 def count_params(params) -> int:

@@ -146,8 +146,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     check_workdir_writable(workdir)
 
     manager = checkpointing.make_manager(workdir, config.max_checkpoints)
-    start_step = manager.latest_step() or 0
-    if start_step:
+    latest = manager.latest_step()  # may be 0: weights converted from PyTorch
+    start_step = latest or 0
+    if latest is not None:
         checkpointing.check_compatible(
             checkpointing.saved_config(manager, start_step), config, manager.directory
         )
@@ -157,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     dataset = input_pipeline.create_dataset(config, len(devices), start_step)
 
     state = init_state(config)
-    if start_step:
+    if latest is not None:
         state = checkpointing.restore_state(manager, start_step, state)
         print(f"Resumed from checkpoint at step {start_step} ({manager.directory}).", flush=True)
     else:

@@ -43,18 +43,26 @@ def _randomize_running_stats(module, generator):
             m.num_batches_tracked.fill_(int(torch.randint(0, 100, (1,), generator=generator)))
 
 
-def _setup(arch, seed):
+def _setup(arch, seed, dtype=np.float32):
     config = tiny_config(**ARCHITECTURES[arch], z_dim=16, batch_size=8)
-    net_g, net_d, opt_g, opt_d = torch_reference.build(config, seed=seed)
+    net_g, net_d, *_ = torch_reference.build(config, seed=seed)
+    jax_dtype = jnp.dtype(dtype)
+    if dtype == np.float64:
+        net_g, net_d = net_g.double(), net_d.double()
+    opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
     g, d = models.make_models(config)
+    g, d = g.clone(dtype=jax_dtype), d.clone(dtype=jax_dtype)
     state = create_state(config, g, d)
+    state = jax.tree_util.tree_map(
+        lambda x: x.astype(jax_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+    )
     state = conversion.load_into_state(
         state, _state_dict_numpy(net_g), _state_dict_numpy(net_d), config
     )
     rng = np.random.default_rng(seed)
     size, channels = config.image_size, config.channels
-    real = rng.uniform(-1, 1, (config.batch_size, size, size, channels)).astype(np.float32)
-    z = rng.standard_normal((config.batch_size, config.z_dim)).astype(np.float32)
+    real = rng.uniform(-1, 1, (config.batch_size, size, size, channels)).astype(dtype)
+    z = rng.standard_normal((config.batch_size, config.z_dim)).astype(dtype)
     return config, state, (net_g, net_d, opt_g, opt_d), real, z
 
 
@@ -88,41 +96,71 @@ def test_forward_passes_match(arch, train):
     assert_close(jax.nn.sigmoid(logits_jax), prob_torch, 1e-5)
 
 
-def _compare_states(state, net_g, net_d, config, rel):
+def _compare_states(state, net_g, net_d, config, rel, skip=()):
     g_sd, d_sd = conversion.state_to_torch(jax.device_get(state), config)
-    for ours, net in ((g_sd, net_g), (d_sd, net_d)):
+    for ours, net, layout in (
+        (g_sd, net_g, conversion.generator_layout(config)),
+        (d_sd, net_d, conversion.discriminator_layout(config)),
+    ):
         reference = _state_dict_numpy(net)
         assert ours.keys() == reference.keys()
+        skipped = {f"main.{i}.bias" for _, i, kind in layout if kind in skip}
         for key, value in reference.items():
             if key.endswith("num_batches_tracked"):
                 assert int(ours[key]) == int(value), key
-            else:
+            elif key not in skipped:
                 assert_close(ours[key], value, rel)
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_training_steps_match(arch):
-    seed = np.random.SeedSequence().entropy % 2**31
-    config, state, (net_g, net_d, opt_g, opt_d), real, z = _setup(arch, seed)
+def _train_both(arch, seed, dtype, num_steps, check):
+    config, state, (net_g, net_d, opt_g, opt_d), real, z = _setup(arch, seed, dtype)
     step = jax.jit(steps.train_step_with_noise)
     rng = np.random.default_rng(seed + 1)
-    for i in range(10):
+    for i in range(num_steps):
         if i > 0:
-            real = rng.uniform(-1, 1, real.shape).astype(np.float32)
-            z = rng.standard_normal(z.shape).astype(np.float32)
+            real = rng.uniform(-1, 1, real.shape).astype(dtype)
+            z = rng.standard_normal(z.shape).astype(dtype)
         state, metrics = step(state, jnp.asarray(real), jnp.asarray(z))
         reference = torch_reference.train_step(
             net_g, net_d, opt_g, opt_d, _nchw(real), torch.from_numpy(z)
         )
+        check(i, state, metrics, reference, (net_g, net_d, config))
+    # Each D update sees 3 forward passes in training mode, each G update 1 (as in PyTorch).
+    counts = jax.device_get(state.discriminator.batch_stats["BatchNorm_0"])
+    assert int(counts["num_batches_tracked"]) == 3 * num_steps
+    return state
+
+
+# BatchNorm biases (and the linear head's bias) get gradients that nearly cancel by
+# symmetry: D's from its real and fake passes, G's because D's BatchNorm removes uniform
+# shifts. Adam divides such gradients by their own magnitude, so float32 rounding noise
+# (1e-7) in them becomes a visible difference in these parameters after a few updates,
+# even though the computation is the same. The float64 test below checks them tightly.
+NOISE_DOMINATED = ("batch_norm", "linear")
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_training_steps_match_in_float32(arch):
+    def check(i, state, metrics, reference, nets):
         rel = 1e-4 if i == 0 else 1e-3
         for key in reference:
             assert_close(metrics[key], reference[key], rel)
-        if i == 0:
-            _compare_states(state, net_g, net_d, config, 1e-4)
-    _compare_states(state, net_g, net_d, config, 1e-3)
-    # Each D update sees 3 forward passes in training mode, each G update 1 (as in PyTorch).
-    d_counts = jax.device_get(state.discriminator.batch_stats["BatchNorm_0"])
-    assert int(d_counts["num_batches_tracked"]) == 30
+        if i in (0, 9):
+            _compare_states(state, *nets, rel, skip=NOISE_DOMINATED)
+
+    _train_both(arch, np.random.SeedSequence().entropy % 2**31, np.float32, 10, check)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_training_steps_match_in_float64(arch):
+    def check(i, state, metrics, reference, nets):
+        for key in reference:
+            assert_close(metrics[key], reference[key], 1e-9)
+        _compare_states(state, *nets, 1e-7)
+
+    with jax.enable_x64(True):
+        state = _train_both(arch, np.random.SeedSequence().entropy % 2**31, np.float64, 10, check)
+        assert state.generator.params["UpConv_0"]["kernel"].dtype == jnp.float64
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
