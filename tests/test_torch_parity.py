@@ -18,13 +18,22 @@ ARCHITECTURES = {
 }
 
 
-def assert_close(actual, expected, rel):
+def assert_close(actual, expected, rel, name=""):
     """max |actual - expected| <= rel * max |expected| (relative to the tensor's scale)."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     assert actual.shape == expected.shape
     scale = max(np.abs(expected).max(), 1e-12)
     error = np.abs(actual - expected).max()
-    assert error <= rel * scale, f"max abs error {error:.3g} > {rel} * {scale:.3g}"
+    assert error <= rel * scale, f"{name}: max abs error {error:.3g} > {rel} * {scale:.3g}"
+
+
+def assert_close_l2(actual, expected, rel, name=""):
+    """||actual - expected|| <= rel * ||expected||, over the whole tensor."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    error = np.linalg.norm(actual - expected)
+    scale = max(np.linalg.norm(expected), 1e-12)
+    assert error <= rel * scale, f"{name}: relative L2 error {error / scale:.3g} > {rel}"
 
 
 def _nchw(x):
@@ -96,7 +105,12 @@ def test_forward_passes_match(arch, train):
     assert_close(jax.nn.sigmoid(logits_jax), prob_torch, 1e-5)
 
 
-def _compare_states(state, net_g, net_d, config, rel, skip=()):
+def _compare_states(state, net_g, net_d, config, rel, metric=assert_close, adam_sign_atol=None):
+    """Every tensor of both networks against the reference.
+
+    With `adam_sign_atol`, the BatchNorm scales and biases and the linear head's bias are
+    instead allowed to differ elementwise by that much (see the float32 test).
+    """
     g_sd, d_sd = conversion.state_to_torch(jax.device_get(state), config)
     for ours, net, layout in (
         (g_sd, net_g, conversion.generator_layout(config)),
@@ -104,12 +118,15 @@ def _compare_states(state, net_g, net_d, config, rel, skip=()):
     ):
         reference = _state_dict_numpy(net)
         assert ours.keys() == reference.keys()
-        skipped = {f"main.{i}.bias" for _, i, kind in layout if kind in skip}
+        noisy = {f"main.{i}.bias" for _, i, kind in layout if kind != "conv_transpose"}
+        noisy |= {f"main.{i}.weight" for _, i, kind in layout if kind == "batch_norm"}
         for key, value in reference.items():
             if key.endswith("num_batches_tracked"):
                 assert int(ours[key]) == int(value), key
-            elif key not in skipped:
-                assert_close(ours[key], value, rel)
+            elif adam_sign_atol is not None and key in noisy:
+                np.testing.assert_allclose(ours[key], value, rtol=0, atol=adam_sign_atol)
+            else:
+                metric(ours[key], value, rel, key)
 
 
 def _train_both(arch, seed, dtype, num_steps, check):
@@ -131,22 +148,26 @@ def _train_both(arch, seed, dtype, num_steps, check):
     return state
 
 
-# BatchNorm biases (and the linear head's bias) get gradients that nearly cancel by
-# symmetry: D's from its real and fake passes, G's because D's BatchNorm removes uniform
-# shifts. Adam divides such gradients by their own magnitude, so float32 rounding noise
-# (1e-7) in them becomes a visible difference in these parameters after a few updates,
-# even though the computation is the same. The float64 test below checks them tightly.
-NOISE_DOMINATED = ("batch_norm", "linear")
-
-
+# Float32 runs of the same math drift apart over training steps: Adam divides each gradient
+# by its own running magnitude, so where a gradient is near zero float32 rounding noise of
+# ~1e-7 turns into update differences of up to 2 x lr. BatchNorm scales and biases and the
+# linear head's bias are such parameters (their gradients nearly cancel by symmetry:
+# D's real and fake passes pull opposite ways, and D's BatchNorm removes the uniform shifts
+# G's would cause). Measured over 24 fresh seeds (tiny widths, batch 8): after 1 step the
+# worst weight tensor differs by 3.7e-5 relative L2; after 10 steps by 1.9e-3 (BatchNorm
+# biases 4e-2). The float64 test removes rounding and checks every tensor to 1e-7 after 10
+# steps: the computations are the same; float32 can only promise the bounds below.
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_training_steps_match_in_float32(arch):
+    lr = tiny_config().learning_rate
+
     def check(i, state, metrics, reference, nets):
-        rel = 1e-4 if i == 0 else 1e-3
         for key in reference:
-            assert_close(metrics[key], reference[key], rel)
-        if i in (0, 9):
-            _compare_states(state, *nets, rel, skip=NOISE_DOMINATED)
+            assert_close(metrics[key], reference[key], 1e-4 if i == 0 else 1e-2)
+        if i == 0:
+            _compare_states(state, *nets, 1e-4, assert_close_l2, adam_sign_atol=2.01 * lr)
+        if i == 9:
+            _compare_states(state, *nets, 1e-2, assert_close_l2, adam_sign_atol=20.1 * lr)
 
     _train_both(arch, np.random.SeedSequence().entropy % 2**31, np.float32, 10, check)
 
