@@ -4,10 +4,11 @@ Every kernel is stored as a 4x4 `(kh, kw, in, out)` array that is exactly PyTorc
 kernel transposed (no spatial flip), so weights convert with a transpose and both
 frameworks compute the same function. What differs is how the convolutions are
 evaluated: XLA:CPU runs the gradient of a strided (transposed) convolution an order of
-magnitude slower than a stride-1 convolution, so `UpConv` and `DownConv` rewrite their
-4x4 stride-2 convolution as an exactly equivalent stride-1 2x2 convolution plus a
-depth-to-space / space-to-depth shuffle. `fast=False` selects the textbook `lax`
-formulation instead; the tests check that the two agree.
+magnitude slower than a matrix product, so `UpConv` evaluates its 4x4 stride-2 transposed
+convolution as one matrix product plus shifted adds and `DownConv` its strided convolution
+as space-to-depth, im2col and one matrix product; both are exactly equivalent (the same
+multiply-adds). `fast=False` selects the textbook `lax` formulation instead; the tests
+check that the two agree.
 """
 
 from __future__ import annotations
@@ -58,34 +59,39 @@ def _pytorch_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
 
 
-def _phase_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """ConvTranspose2d(4, stride=2, padding=1) as one stride-1 2x2 conv and depth-to-space.
+# For each output phase a (row 2m + a), the (kernel tap, offset into the 1-padded per-input
+# contributions) pairs that land on it: from o = 2i - 1 + k, row 2m takes tap 1 of input m
+# and tap 3 of input m - 1; row 2m + 1 takes tap 2 of input m and tap 0 of input m + 1.
+_PHASE_TAPS = {0: ((1, 1), (3, 0)), 1: ((2, 1), (0, 2))}
 
-    Output row 2m+a (a in {0, 1}) only sees input rows {m-1, m} (a=0, taps 3, 1) or
-    {m, m+1} (a=1, taps 2, 0). After padding the input by one, both are the 2-row window
-    starting at padded row m+a, with tap 3 - a - 2r for window row r. So a single 2x2 conv
-    with the four phases' taps stacked on the output axis computes every phase; phase
-    (a, b) is read off at offset (a, b).
+
+def _matmul_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """ConvTranspose2d(4, stride=2, padding=1) as one matrix product and 16 shifted adds.
+
+    Every input pixel is multiplied by all 16 taps at once, (B*H*W, C) @ (C, 16*O), which is
+    exactly the transposed convolution's multiply-adds as one large GEMM (fast forward and
+    backward on every backend); each output phase then sums four shifted tap planes. The
+    intermediate is 16*O wide, less than a 16*C im2col buffer since widths shrink towards
+    the output.
     """
-    batch, height, width, _ = x.shape
-    c_in, c_out = kernel.shape[2:]
-    taps = jnp.array([[3, 1], [2, 0]])  # taps[a, r] = 3 - a - 2r
-    # phase_kernel[r, s, i, a, b, o] = kernel[taps[a, r], taps[b, s], i, o]
-    phase_kernel = kernel[taps.T[:, None, :, None], taps.T[None, :, None, :]]
-    phase_kernel = phase_kernel.transpose(0, 1, 4, 2, 3, 5).reshape(2, 2, c_in, 4 * c_out)
-    y = lax.conv_general_dilated(
-        x,
-        phase_kernel,
-        window_strides=(1, 1),
-        padding=((1, 1), (1, 1)),
-        dimension_numbers=_DIMENSION_NUMBERS,
-    ).reshape(batch, height + 1, width + 1, 2, 2, c_out)
+    batch, height, width, c_in = x.shape
+    c_out = kernel.shape[-1]
+    taps = kernel.transpose(2, 0, 1, 3).reshape(c_in, 16 * c_out)
+    y = (x.reshape(-1, c_in) @ taps).reshape(batch, height, width, 4, 4, c_out)
+    y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
     rows = []
     for a in range(2):
-        cols = [y[:, a : a + height, b : b + width, a, b] for b in range(2)]
+        cols = []
+        for b in range(2):
+            cols.append(
+                sum(
+                    y[:, i : i + height, j : j + width, kh, kw]
+                    for kh, i in _PHASE_TAPS[a]
+                    for kw, j in _PHASE_TAPS[b]
+                )
+            )
         rows.append(jnp.stack(cols, axis=3))  # (batch, H, W, b, c_out)
-    phases = jnp.stack(rows, axis=2)  # (batch, H, a, W, b, c_out)
-    return phases.reshape(batch, 2 * height, 2 * width, c_out)
+    return jnp.stack(rows, axis=2).reshape(batch, 2 * height, 2 * width, c_out)
 
 
 def _pytorch_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -95,24 +101,27 @@ def _pytorch_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
 
 
-def _space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Conv2d(4, stride=2, padding=1) as space-to-depth and one stride-1 2x2 conv.
+def _matmul_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Conv2d(4, stride=2, padding=1) as space-to-depth, im2col and one matrix product.
 
     With tap k = 2q + r, out[m] = sum_k x_pad[2m + k] w[k] = sum_{q, r} y[m + q, r] w[2q + r]
-    where y[j, r] = x_pad[2j + r] is the padded input folded into 2x2 blocks.
+    where y[j, r] = x_pad[2j + r] is the padded input folded into 2x2 blocks: a stride-1
+    2x2 window over y, gathered into (B*H/2*W/2, 16*C) rows and multiplied by the kernel.
     """
     batch, height, width, c_in = x.shape
     c_out = kernel.shape[-1]
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     h2, w2 = (height + 2) // 2, (width + 2) // 2
     y = x.reshape(batch, h2, 2, w2, 2, c_in).transpose(0, 1, 3, 2, 4, 5)
-    y = y.reshape(batch, h2, w2, 4 * c_in)
-    # kernel[2q + r, 2p + s, i, o] -> folded[q, p, (r, s, i), o]
+    y = y.reshape(batch, h2, w2, 4 * c_in)  # channels ordered (r, s, c)
+    h_out, w_out = height // 2, width // 2
+    patches = jnp.concatenate(
+        [y[:, q : q + h_out, p : p + w_out] for q in range(2) for p in range(2)], axis=-1
+    )  # channels ordered (q, p, r, s, c)
+    # kernel[2q + r, 2p + s, c, o] -> folded[(q, p, r, s, c), o]
     folded = kernel.reshape(2, 2, 2, 2, c_in, c_out).transpose(0, 2, 1, 3, 4, 5)
-    folded = folded.reshape(2, 2, 4 * c_in, c_out)
-    return lax.conv_general_dilated(
-        y, folded, (1, 1), "VALID", dimension_numbers=_DIMENSION_NUMBERS
-    )
+    folded = folded.reshape(16 * c_in, c_out)
+    return (patches.reshape(-1, 16 * c_in) @ folded).reshape(batch, h_out, w_out, c_out)
 
 
 class UpConv(nn.Module):
@@ -127,7 +136,9 @@ class UpConv(nn.Module):
             "kernel", dcgan_kernel_init, (KERNEL_SIZE, KERNEL_SIZE, x.shape[-1], self.features)
         )
         kernel = kernel.astype(x.dtype)
-        return _phase_conv_transpose(x, kernel) if self.fast else _pytorch_conv_transpose(x, kernel)
+        return (
+            _matmul_conv_transpose(x, kernel) if self.fast else _pytorch_conv_transpose(x, kernel)
+        )
 
 
 class DownConv(nn.Module):
@@ -142,7 +153,7 @@ class DownConv(nn.Module):
             "kernel", dcgan_kernel_init, (KERNEL_SIZE, KERNEL_SIZE, x.shape[-1], self.features)
         )
         kernel = kernel.astype(x.dtype)
-        return _space_to_depth_conv(x, kernel) if self.fast else _pytorch_strided_conv(x, kernel)
+        return _matmul_strided_conv(x, kernel) if self.fast else _pytorch_strided_conv(x, kernel)
 
 
 class Dense4x4(nn.Module):

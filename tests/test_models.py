@@ -21,7 +21,7 @@ def test_fast_up_conv_equals_dilated_conv(height, width):
     k1, k2 = jax.random.split(jax.random.PRNGKey(height * 10 + width))
     x = jax.random.normal(k1, (2, height, width, 5))
     kernel = jax.random.normal(k2, (4, 4, 5, 7))
-    fast = models._phase_conv_transpose(x, kernel)
+    fast = models._matmul_conv_transpose(x, kernel)
     reference = models._pytorch_conv_transpose(x, kernel)
     assert fast.shape == (2, 2 * height, 2 * width, 7)
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
@@ -32,7 +32,7 @@ def test_fast_down_conv_equals_strided_conv(height, width):
     k1, k2 = jax.random.split(jax.random.PRNGKey(height * 10 + width))
     x = jax.random.normal(k1, (2, height, width, 3))
     kernel = jax.random.normal(k2, (4, 4, 3, 6))
-    fast = models._space_to_depth_conv(x, kernel)
+    fast = models._matmul_strided_conv(x, kernel)
     reference = models._pytorch_strided_conv(x, kernel)
     assert fast.shape == (2, height // 2, width // 2, 6)
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
@@ -43,8 +43,8 @@ def test_fast_convs_have_equal_gradients():
     x = jax.random.normal(k1, (2, 4, 4, 3))
     kernel = jax.random.normal(k2, (4, 4, 3, 5))
     for fast, slow in [
-        (models._phase_conv_transpose, models._pytorch_conv_transpose),
-        (models._space_to_depth_conv, models._pytorch_strided_conv),
+        (models._matmul_conv_transpose, models._pytorch_conv_transpose),
+        (models._matmul_strided_conv, models._pytorch_strided_conv),
     ]:
         loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
         g_fast = jax.grad(loss(fast), argnums=(0, 1))(x, kernel)
