@@ -1,0 +1,63 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dcgan_jax import benchmark
+from tests.conftest import tiny_config
+
+
+def test_step_flops_match_the_issue_estimate_for_cifar():
+    from tests.test_models import _load_config
+
+    # 3 x G forward + 8 x D forward; G forward is 0.546 GFLOP/image for the cifar model.
+    g, d = benchmark.forward_flops_per_image(_load_config("cifar"))
+    assert g == 2 * (
+        100 * 16 * 1024 + 64 * 512 * 1024 * 4 + 256 * 256 * 512 * 4 + 1024 * 3 * 256 * 4
+    )
+    assert benchmark.step_flops_per_image(_load_config("cifar")) == 3 * g + 8 * d
+
+
+def test_benchmark_runs_both_sides_and_reports():
+    pytest.importorskip("torch")
+    config = tiny_config(batch_size=4)
+    results = benchmark.run_benchmark(config, windows=2, steps_per_window=1)
+    for key in ("jax_images_per_s", "torch_images_per_s", "ratio"):
+        assert results[key] > 0
+    assert results["ratio"] == pytest.approx(
+        results["jax_images_per_s"] / results["torch_images_per_s"]
+    )
+    assert len(results["frameworks"]["jax"]["images_per_s_windows"]) == 2
+    table = benchmark.format_table(results)
+    assert "JAX / PyTorch eager:" in table and "images/s" in table
+
+
+def test_benchmark_cli_writes_json_without_tensorflow(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "bench.json"
+    # Importing TensorFlow or TFDS fails inside this process: the benchmark must not need them.
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None;"
+        "from absl import app; import runpy; sys.argv = sys.argv[1:];"
+        "runpy.run_module('dcgan_jax.benchmark', run_name='__main__')"
+    )
+    args = [
+        "dcgan_jax.benchmark",
+        f"--config={os.path.join(repo, 'configs', 'digits.py')}",
+        "--config.g_features=8",
+        "--config.d_features=8",
+        "--batch_size=8",
+        "--windows=1",
+        "--steps_per_window=1",
+        "--no_torch",
+        f"--json={out}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "images/s" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["jax_images_per_s"] > 0 and data["batch_size"] == 8
