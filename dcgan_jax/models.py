@@ -124,6 +124,12 @@ def _matmul_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return (patches.reshape(-1, 16 * c_in) @ folded).reshape(batch, h_out, w_out, c_out)
 
 
+def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
+    """The module's (4, 4, in, features) kernel, DCGAN-initialised, in `x`'s dtype."""
+    shape = (KERNEL_SIZE, KERNEL_SIZE, x.shape[-1], features)
+    return module.param("kernel", dcgan_kernel_init, shape).astype(x.dtype)
+
+
 class UpConv(nn.Module):
     """PyTorch's `ConvTranspose2d(in, features, 4, stride=2, padding=1, bias=False)`."""
 
@@ -132,13 +138,8 @@ class UpConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param(
-            "kernel", dcgan_kernel_init, (KERNEL_SIZE, KERNEL_SIZE, x.shape[-1], self.features)
-        )
-        kernel = kernel.astype(x.dtype)
-        return (
-            _matmul_conv_transpose(x, kernel) if self.fast else _pytorch_conv_transpose(x, kernel)
-        )
+        convolve = _matmul_conv_transpose if self.fast else _pytorch_conv_transpose
+        return convolve(x, _kernel_4x4(self, x, self.features))
 
 
 class DownConv(nn.Module):
@@ -149,11 +150,8 @@ class DownConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param(
-            "kernel", dcgan_kernel_init, (KERNEL_SIZE, KERNEL_SIZE, x.shape[-1], self.features)
-        )
-        kernel = kernel.astype(x.dtype)
-        return _matmul_strided_conv(x, kernel) if self.fast else _pytorch_strided_conv(x, kernel)
+        convolve = _matmul_strided_conv if self.fast else _pytorch_strided_conv
+        return convolve(x, _kernel_4x4(self, x, self.features))
 
 
 class Dense4x4(nn.Module):
@@ -171,10 +169,7 @@ class Dense4x4(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c_in = x.shape[-1]
-        kernel = self.param(
-            "kernel", dcgan_kernel_init, (KERNEL_SIZE, KERNEL_SIZE, c_in, self.features)
-        ).astype(x.dtype)
+        kernel = _kernel_4x4(self, x, self.features)
         if self.project:
             y = jnp.einsum("bi,hwio->bhwo", x, kernel)
         else:

@@ -60,3 +60,20 @@ def test_training_changes_both_networks_and_batch_stats():
             assert not np.allclose(leaf_b, leaf_a)
     assert set(metrics) == {"d_loss", "g_loss", "D(x)", "D(G(z))", "D(G(z))_after"}
     assert np.all(np.isfinite([v for v in metrics.values()]))
+
+
+def test_half_precision_step_keeps_float32_state_and_close_metrics():
+    from dcgan_jax import models, steps
+    from dcgan_jax.state import create_state
+
+    real = _images(8)
+    results = {}
+    for half in (False, True):
+        config = tiny_config(half_precision=half)
+        state = create_state(config, *models.make_models(config))
+        results[half] = jax.jit(steps.train_step)(state, real)
+    state, metrics = results[True]
+    for leaf in jax.tree_util.tree_leaves((state.generator, state.discriminator)):
+        assert leaf.dtype in (np.float32, np.int32)
+    for key, value in results[False][1].items():
+        np.testing.assert_allclose(metrics[key], value, rtol=2e-2)
