@@ -121,9 +121,12 @@ def batched_stream(
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def create_dataset(config, num_devices: int, start_step: int = 0) -> tf.data.Dataset:
-    """The training stream for `config`, positioned at `start_step`."""
-    images, num_examples = source_images(config)
+def create_dataset(config, num_devices: int, start_step: int = 0, source=None) -> tf.data.Dataset:
+    """The training stream for `config`, positioned at `start_step`.
+
+    `source` is `source_images(config)` when the caller has loaded it already.
+    """
+    images, num_examples = source if source is not None else source_images(config)
     return batched_stream(
         images,
         num_examples,

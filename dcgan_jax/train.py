@@ -145,6 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     validate_config(config, len(devices))
     check_workdir_writable(workdir)
 
+    from dcgan_jax import input_pipeline  # TensorFlow is only needed from here on
+
+    # Loading (or failing to load) the data comes before any checkpoint is touched.
+    source = input_pipeline.source_images(config)
+
     manager = checkpointing.make_manager(workdir, config.max_checkpoints)
     latest = manager.latest_step()  # may be 0: weights converted from PyTorch
     start_step = latest or 0
@@ -153,9 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
             checkpointing.saved_config(manager, start_step), config, manager.directory
         )
 
-    from dcgan_jax import input_pipeline  # TensorFlow is only needed from here on
-
-    dataset = input_pipeline.create_dataset(config, len(devices), start_step)
+    dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
 
     state = init_state(config)
     if latest is not None:
