@@ -65,7 +65,7 @@ class JaxRunner:
         self.p_step = train.make_p_train_step(devices)
         self.state = train.replicate(train.init_state(config), devices)
         per_device = batch.reshape(len(devices), -1, *batch.shape[1:])
-        self.batch = jax.device_put(per_device, train._device_sharding(devices))
+        self.batch = jax.device_put(per_device, train.device_sharding(devices))
         self.metrics = None
 
     def run(self, num_steps: int) -> None:

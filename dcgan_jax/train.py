@@ -43,23 +43,26 @@ def init_state(config) -> GANState:
     return create_state(config, generator, discriminator)
 
 
-def _device_sharding(devices) -> jax.sharding.NamedSharding:
-    # The mesh axis is named like the pmap axis: pmap's outputs carry this sharding, so
-    # inputs placed the same way never trigger a second compilation.
+def device_sharding(devices) -> jax.sharding.NamedSharding:
+    """Leading axis split over `devices`, as pmap takes and returns its arguments.
+
+    The mesh axis is named like the pmap axis: pmap's outputs carry this sharding, so inputs
+    placed the same way never trigger a second compilation.
+    """
     mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS_NAME,))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
 
 
 def replicate(tree, devices):
     """One copy of `tree` per device, stacked on a leading axis, as pmap expects."""
-    sharding = _device_sharding(devices)
+    sharding = device_sharding(devices)
     stack = lambda x: np.stack([np.asarray(x)] * len(devices))
     return jax.device_put(jax.tree_util.tree_map(stack, tree), sharding)
 
 
 def prefetch_to_devices(batches, devices, size: int = 2):
     """Places (devices, per_device, ...) host batches on the devices, `size` ahead."""
-    sharding = _device_sharding(devices)
+    sharding = device_sharding(devices)
     queue = collections.deque()
     for batch in batches:
         queue.append(jax.device_put(batch, sharding))
