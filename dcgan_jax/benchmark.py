@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from dcgan_jax import models, train
-from dcgan_jax.validation import UserError, validate_config
+from dcgan_jax.validation import UserError, exit_on_user_error, validate_config
 
 
 def forward_flops_per_image(config) -> tuple[float, float]:
@@ -217,6 +217,7 @@ def run_benchmark(
         pass
     for runner in runners:
         rates = timings[runner.name]
+        peak_bytes = runner.peak_memory_bytes()
         median = statistics.median(rates)
         results["frameworks"][runner.name] = {
             "device": runner.device_name(),
@@ -224,9 +225,7 @@ def run_benchmark(
             "images_per_s_windows": rates,
             "step_ms": 1000 * config.batch_size / median,
             "first_step_s": first_step_s[runner.name],
-            "peak_memory_mib": (
-                None if runner.peak_memory_bytes() is None else runner.peak_memory_bytes() / 2**20
-            ),
+            "peak_memory_mib": None if peak_bytes is None else peak_bytes / 2**20,
             "gflop_per_s": median * flops / 1e9,
         }
     frameworks = results["frameworks"]
@@ -286,7 +285,7 @@ def main(argv) -> None:
             if f.precision not in ("fp32", "bf16"):
                 raise app.UsageError("--precision must be fp32 or bf16")
             config.half_precision = f.precision == "bf16"
-    try:
+    with exit_on_user_error():
         results = run_benchmark(
             config,
             windows=f.windows,
@@ -294,9 +293,6 @@ def main(argv) -> None:
             torch_side=not f.no_torch,
             torch_compile=f.torch_compile,
         )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(format_table(results))
     if f.json:
         with open(f.json, "w") as out:

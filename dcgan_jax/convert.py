@@ -12,14 +12,18 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 from absl import app, flags
 
 from dcgan_jax import checkpointing, conversion, models
 from dcgan_jax.state import create_state
-from dcgan_jax.validation import UserError, check_workdir_writable, validate_config
+from dcgan_jax.validation import (
+    UserError,
+    check_workdir_writable,
+    exit_on_user_error,
+    validate_config,
+)
 
 
 def _load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -74,7 +78,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    try:
+    with exit_on_user_error():
         if f["to-torch"].value:
             if not f.out:
                 raise UserError("--to-torch needs --out DIR for netG.pth and netD.pth.")
@@ -87,9 +91,6 @@ def main(argv) -> None:
             print(
                 f"Wrote a checkpoint at step {step} to {checkpointing.checkpoint_dir(f.workdir)}."
             )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

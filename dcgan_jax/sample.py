@@ -10,14 +10,12 @@ compare with another implementation); otherwise --num random images are tiled in
 
 from __future__ import annotations
 
-import sys
-
 import jax
 import numpy as np
 from absl import app, flags
 
 from dcgan_jax import checkpointing, sampling
-from dcgan_jax.validation import UserError
+from dcgan_jax.validation import UserError, exit_on_user_error
 
 
 def load_latents(path: str, z_dim: int) -> np.ndarray:
@@ -55,11 +53,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    try:
+    with exit_on_user_error():
         run(f.workdir, f.out, f.num, f.z, f.seed, f.step)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

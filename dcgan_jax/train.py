@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import functools
 import os
-import sys
 import time
 
 import jax
@@ -19,7 +18,7 @@ from absl import app, flags, logging
 
 from dcgan_jax import checkpointing, models, sampling, steps
 from dcgan_jax.state import GANState, create_state
-from dcgan_jax.validation import UserError, check_workdir_writable, validate_config
+from dcgan_jax.validation import check_workdir_writable, exit_on_user_error, validate_config
 
 AXIS_NAME = "batch"
 
@@ -226,11 +225,8 @@ def main(argv) -> None:
     if not flags.FLAGS["verbosity"].present:
         # Orbax and TFDS log every file operation at INFO; progress is printed instead.
         logging.set_verbosity(logging.WARNING)
-    try:
+    with exit_on_user_error(FloatingPointError):
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (UserError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def define_flags() -> None:

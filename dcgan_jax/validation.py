@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 from dcgan_jax import default_config
 
@@ -31,6 +33,16 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config value that cannot work; the message names the key and the fix."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error(*also: type[Exception]):
+    """For CLIs: a UserError (or one of `also`) becomes one `error:` line and exit code 2."""
+    try:
+        yield
+    except (UserError, *also) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _is_int(value) -> bool:
