@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dcgan_jax import default_config
 from dcgan_jax.validation import UserError
 
 # Fields that fix the shapes of the state or the order of the data stream: a run with
@@ -22,6 +23,7 @@ from dcgan_jax.validation import UserError
 # frequencies, learning_rate, ...) may change between runs.
 MUST_MATCH_ON_RESUME = (
     "dataset",
+    "crop_size",
     "image_size",
     "channels",
     "z_dim",
@@ -73,10 +75,12 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.Co
 
 def check_compatible(saved: ml_collections.ConfigDict, config, directory) -> None:
     """Raises UserError if `config` cannot continue from a checkpoint written with `saved`."""
+    # A field added after the checkpoint was written had its default value then.
+    defaults = default_config.get_config()
     diffs = [
-        f"{key}: checkpoint {saved.get(key)!r} vs now {config.get(key)!r}"
+        f"{key}: checkpoint {saved.get(key, defaults[key])!r} vs now {config.get(key)!r}"
         for key in MUST_MATCH_ON_RESUME
-        if saved.get(key) != config.get(key)
+        if saved.get(key, defaults[key]) != config.get(key)
     ]
     if diffs:
         raise UserError(

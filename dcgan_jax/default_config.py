@@ -11,13 +11,18 @@ def get_config() -> ml_collections.ConfigDict:
     """The defaults: the 32x32 CIFAR-10 model of configs/cifar.py."""
     config = ml_collections.ConfigDict()
 
-    # Data. `dataset` is a TFDS name (cifar10, mnist, fashion_mnist) or `digits`, the 8x8
-    # handwritten digits that scikit-learn ships (no download).
+    # Data. `dataset` is a TFDS name (cifar10, mnist, fashion_mnist, celeb_a,
+    # lsun/<category>), `digits` (the 8x8 handwritten digits that scikit-learn ships; no
+    # download) or `folder:/path/to/images` (jpg/png/gif/bmp files, nested or flat).
     config.dataset = "cifar10"
     # Where TFDS keeps (and downloads) datasets; empty means TFDS's default (~/tensorflow_datasets).
     config.data_dir = ""
     config.image_size = 32  # a power of two >= 16; the number of blocks follows from it
     config.channels = 3  # 1 (grayscale) or 3 (RGB); images are converted to this
+    # Images are cut to a centered square and resized to image_size. The square's side:
+    # crop_size pixels (e.g. 108 for the face region of aligned CelebA), or 0 for the
+    # largest square that fits (= resize the shorter side, then center crop).
+    config.crop_size = 0
     # Examples held in the shuffle buffer; bigger shuffles better and costs memory.
     config.shuffle_buffer_size = 50_000
 

@@ -1,5 +1,11 @@
 """Training images as a tf.data pipeline: (devices, per_device_batch, H, W, C) float32 in [-1, 1].
 
+Sources: TFDS datasets (cifar10, mnist, fashion_mnist, celeb_a, lsun/<category>),
+scikit-learn's digits, and any folder of images (`folder:/path`). Each is converted to the
+model's image size and channels by a centered square crop and an antialiased resize.
+
+    python -m dcgan_jax.input_pipeline --config configs/cifar.py --benchmark
+
 The order of examples is a pure function of (seed, epoch), so a run resumed at step t sees
 exactly the batches an uninterrupted run would: the stream is the concatenation of
 per-epoch shuffles, and step t starts at example t * batch_size of that stream.
@@ -7,11 +13,16 @@ per-epoch shuffles, and step t starts at example t * batch_size of that stream.
 
 from __future__ import annotations
 
+import os
+import time
+
+import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import app, flags, logging
 
-from dcgan_jax.validation import UserError
+from dcgan_jax.validation import FOLDER_PREFIX, UserError
 
 # TensorFlow only feeds the input pipeline; it must leave accelerator memory to JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -19,17 +30,38 @@ tf.config.set_visible_devices([], "GPU")
 # 8x8 scikit-learn digits take values 0..16.
 _DIGITS_MAX_VALUE = 16.0
 
+# What tf.io.decode_image reads (GIFs: the first frame).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
-def _to_model_format(image: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
-    """uint8 HWC image of any size/channels -> uint8 (image_size, image_size, channels)."""
+
+def _to_model_format(
+    image: tf.Tensor, image_size: int, channels: int, crop_size: int = 0
+) -> tf.Tensor:
+    """uint8 HWC image of any size/channels -> uint8 (image_size, image_size, channels).
+
+    Takes a centered square (`crop_size` on a side, or the largest that fits when 0), so
+    the aspect ratio is kept, then resizes it to `image_size` (antialiased). This equals
+    "resize the shorter side, then center crop" up to resampling.
+    """
     if image.shape[-1] != channels:
-        image = (
-            tf.image.rgb_to_grayscale(image) if channels == 1 else tf.image.grayscale_to_rgb(image)
-        )
-    if image.shape[0] != image_size or image.shape[1] != image_size:
-        image = tf.image.resize(image, (image_size, image_size), antialias=True)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return image
+        if channels == 1:
+            image = tf.image.rgb_to_grayscale(image[..., :3])
+        elif image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        else:
+            image = image[..., :3]  # RGBA -> RGB
+    height, width = image.shape[0], image.shape[1]
+    if not crop_size and height == width == image_size:
+        return image  # already the model's format: leave the pixels untouched
+    shape = tf.shape(image)
+    side = tf.minimum(shape[0], shape[1])
+    if crop_size:
+        side = tf.minimum(side, crop_size)
+    top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
+    image = image[top : top + side, left : left + side]
+    image = tf.image.resize(image, (image_size, image_size), antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (image_size, image_size, channels))
 
 
 def load_digits_images() -> np.ndarray:
@@ -40,40 +72,153 @@ def load_digits_images() -> np.ndarray:
     return np.round(images * (255.0 / _DIGITS_MAX_VALUE)).astype(np.uint8)[..., None]
 
 
-def _tfds_images(name: str, data_dir: str | None) -> tf.data.Dataset:
-    """The train split of a TFDS dataset as a dataset of uint8 images, in file order."""
+def _download_help(name: str, data_dir: str | None) -> str:
+    where = data_dir or os.path.expanduser("~/tensorflow_datasets")
+    manual = os.path.join(where, "downloads", "manual")
+    text = (
+        "Fix: run once where the internet is reachable; or copy a prepared copy of the "
+        f"dataset into {where} (pass --config.data_dir=DIR for another place); or put the "
+        f"downloaded archives in {manual} and run again; "
+    )
+    if name == "celeb_a":
+        text += (
+            "or unpack img_align_celeba.zip anywhere and train on it with "
+            "--config.dataset=folder:/path/to/img_align_celeba."
+        )
+    elif name.startswith("lsun/"):
+        text += (
+            "or export the LSUN images to a directory (the LSUN repository's `export` "
+            "command) and train on it with --config.dataset=folder:/path/to/images."
+        )
+    else:
+        text += (
+            "or train on your own images with --config.dataset=folder:/path/to/images, "
+            "or offline on --config configs/digits.py."
+        )
+    return text
+
+
+def _tfds_images(name: str, data_dir: str | None, split: str) -> tf.data.Dataset:
+    """A split of a TFDS dataset as a dataset of uint8 images, in file order."""
     try:
-        ds = tfds.load(name, split="train", data_dir=data_dir, shuffle_files=False)
+        ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
     except Exception as e:  # TFDS raises many kinds (connection, checksum, manual-dir) errors.
-        where = data_dir or "~/tensorflow_datasets"
         raise UserError(
-            f"could not load TFDS dataset {name!r} into {where} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:300]}). Fix: run once where the internet is reachable, "
-            "or copy a prepared copy of the dataset there and pass --config.data_dir=DIR; "
-            "or train offline on --config configs/digits.py."
+            f"could not load TFDS dataset {name!r} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}). " + _download_help(name, data_dir)
         ) from e
     return ds.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def source_images(config) -> tuple[tf.data.Dataset, int]:
-    """All training images, converted to the model's size and channels, and their count."""
+def _process_share(num_examples: int, process_index: int, process_count: int) -> slice:
+    """The contiguous, equal-sized block of examples that one process reads."""
+    share = num_examples // process_count
+    return slice(process_index * share, (process_index + 1) * share)
+
+
+def list_image_files(directory: str) -> list[str]:
+    """Image files under `directory` (recursively), sorted so every process agrees."""
+    paths = []
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        dirs.sort()
+        paths.extend(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(paths)
+
+
+def _decode_file(path: tf.Tensor) -> tf.Tensor:
+    """An image file as uint8 RGB. Every format decodes to 3 channels (BMP and GIF decode
+    to nothing else); grayscale conversion, where wanted, comes after. expand_animations=False
+    gives a GIF's first frame."""
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def readable_images(paths: list[str]) -> list[str]:
+    """The subset of `paths` that decode, in order (each file is decoded once, in parallel)."""
+    if not paths:
+        return []
+    indexed = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
+    decoded = indexed.map(
+        lambda i, path: (i, tf.shape(_decode_file(path))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    good = decoded.ignore_errors()  # truncated, corrupt or non-image files drop out here
+    return [paths[int(i)] for i, _ in good.as_numpy_iterator()]
+
+
+def _folder_images(directory: str) -> tuple[tf.data.Dataset, int]:
+    """Decoded uint8 images of every readable image file under `directory`."""
+    if not os.path.isdir(directory):
+        raise UserError(
+            f"image folder {directory!r} does not exist or is not a directory. "
+            "Fix: --config.dataset=folder:/path/to/an/existing/folder."
+        )
+    paths = list_image_files(directory)
+    started = time.perf_counter()
+    good = readable_images(paths)
+    if not good:
+        raise UserError(
+            f"image folder {directory!r} holds no readable images ({len(paths)} files with "
+            f"image extensions {', '.join(IMAGE_EXTENSIONS)}, none decodable). "
+            "Fix: point --config.dataset=folder:PATH at a folder of jpg/png/gif/bmp images."
+        )
+    skipped = len(paths) - len(good)
+    message = (
+        f"Image folder {directory}: {len(good)} images "
+        f"(checked in {time.perf_counter() - started:.1f} s)"
+    )
+    if skipped:
+        logging.warning(
+            "%s; skipped %d unreadable or truncated file(s), e.g. %s",
+            message,
+            skipped,
+            sorted(set(paths) - set(good))[:3],
+        )
+    else:
+        logging.info("%s.", message)
+    ds = tf.data.Dataset.from_tensor_slices(good)
+    return ds.map(lambda p: _decode_file(p), num_parallel_calls=tf.data.AUTOTUNE), len(good)
+
+
+def source_images(
+    config, process_index: int | None = None, process_count: int | None = None
+) -> tuple[tf.data.Dataset, int]:
+    """This process's share of the training images in the model's format, and its size.
+
+    Each of `process_count` processes (default: JAX's) reads a disjoint, contiguous block of
+    the training split, all blocks the same size (the remainder is left out).
+    """
+    if process_index is None:
+        process_index, process_count = jax.process_index(), jax.process_count()
     if config.dataset == "digits":
         images = load_digits_images()
-        ds = tf.data.Dataset.from_tensor_slices(images)
-        num_examples = len(images)
+        images = images[_process_share(len(images), process_index, process_count)]
+        ds, num_examples = tf.data.Dataset.from_tensor_slices(images), len(images)
+    elif config.dataset.startswith(FOLDER_PREFIX):
+        ds, total = _folder_images(config.dataset[len(FOLDER_PREFIX) :])
+        share = _process_share(total, process_index, process_count)
+        ds, num_examples = (
+            ds.skip(share.start).take(share.stop - share.start),
+            share.stop - share.start,
+        )
     else:
-        ds = _tfds_images(config.dataset, config.data_dir or None)
+        split = "train"
+        if process_count > 1:
+            split = tfds.even_splits("train", n=process_count, drop_remainder=True)[process_index]
+        ds = _tfds_images(config.dataset, config.data_dir or None, split)
         num_examples = int(ds.cardinality())
         if num_examples < 0:  # unknown; count once
             num_examples = int(ds.reduce(0, lambda n, _: n + 1))
     ds = ds.map(
-        lambda image: _to_model_format(image, config.image_size, config.channels),
+        lambda image: _to_model_format(image, config.image_size, config.channels, config.crop_size),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    if num_examples < config.batch_size:
+    local_batch = config.batch_size // process_count
+    if num_examples < local_batch:
         raise UserError(
-            f"dataset {config.dataset!r} has {num_examples} examples, fewer than "
-            f"config.batch_size={config.batch_size}. Fix: a smaller --config.batch_size."
+            f"dataset {config.dataset!r} has {num_examples} examples"
+            + (f" per process ({process_count} processes)" if process_count > 1 else "")
+            + f", fewer than the batch of {local_batch}. Fix: a smaller --config.batch_size."
         )
     return ds, num_examples
 
@@ -121,19 +266,101 @@ def batched_stream(
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def create_dataset(config, num_devices: int, start_step: int = 0, source=None) -> tf.data.Dataset:
-    """The training stream for `config`, positioned at `start_step`.
+def create_dataset(
+    config,
+    num_devices: int,
+    start_step: int = 0,
+    source=None,
+    process_count: int | None = None,
+    cache: bool | None = None,
+) -> tf.data.Dataset:
+    """This process's training stream for `config`, positioned at `start_step`.
 
-    `source` is `source_images(config)` when the caller has loaded it already.
+    Batches hold `config.batch_size // process_count` images (the process's part of the
+    global batch) split over its `num_devices` devices. `source` is `source_images(config)`
+    when the caller has loaded it already. The converted images are cached in memory when
+    they take less than 2 GiB, unless `cache` says otherwise.
     """
+    process_count = jax.process_count() if process_count is None else process_count
     images, num_examples = source if source is not None else source_images(config)
     return batched_stream(
         images,
         num_examples,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size // process_count,
         num_devices=num_devices,
         seed=config.seed,
         shuffle_buffer_size=config.shuffle_buffer_size,
         start_step=start_step,
-        cache=num_examples * config.image_size**2 * config.channels < 2**31,
+        cache=num_examples * config.image_size**2 * config.channels < 2**31
+        if cache is None
+        else cache,
     )
+
+
+def measure_throughput(config, num_batches: int, cache: bool | None = None) -> dict[str, float]:
+    """Images/s of the pipeline as training sees it, in two phases.
+
+    The first epoch reads, decodes, crops and resizes every image (and caches the result
+    when it fits in memory); later epochs of a cached dataset only shuffle, batch and
+    convert. `num_batches` batches after the first epoch are timed for the second figure;
+    with `cache=False` they decode, crop and resize every image again, as for datasets too
+    big for memory.
+    """
+    started = time.perf_counter()
+    source = source_images(config, 0, 1)
+    dataset = create_dataset(config, 1, source=source, process_count=1, cache=cache)
+    batches = dataset.as_numpy_iterator()
+    batches_per_epoch = -(-source[1] // config.batch_size)
+    for _ in range(batches_per_epoch):
+        next(batches)
+    first_epoch_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(num_batches):
+        next(batches)
+    elapsed = time.perf_counter() - started
+    return {
+        "examples": source[1],
+        "first_epoch_images_per_s": batches_per_epoch * config.batch_size / first_epoch_s,
+        "images_per_s": num_batches * config.batch_size / elapsed,
+    }
+
+
+def main(argv) -> None:
+    from dcgan_jax.validation import exit_on_user_error, validate_config
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS.benchmark:
+        raise app.UsageError("pass --benchmark (measuring is what this entry point does)")
+    config = flags.FLAGS.config
+    cache = None if flags.FLAGS.cache else False
+    with exit_on_user_error():
+        validate_config(config, 1)
+        if flags.FLAGS.mock_data:
+            # TFDS's random examples of the dataset's real shapes: everything but decoding.
+            with tfds.testing.mock_data(num_examples=flags.FLAGS.mock_examples):
+                result = measure_throughput(config, flags.FLAGS.num_batches, cache)
+        else:
+            result = measure_throughput(config, flags.FLAGS.num_batches, cache)
+    shape = f"{config.image_size}x{config.image_size}x{config.channels}"
+    print(
+        f"{config.dataset}{' (mock data)' if flags.FLAGS.mock_data else ''} -> {shape}, "
+        f"batch {config.batch_size}: {result['images_per_s']:,.0f} images/s over "
+        f"{flags.FLAGS.num_batches} batches after the first epoch"
+        f"{' (no cache: decoded again)' if cache is False else ''}; first epoch (load, decode, "
+        f"crop, resize, cache) {result['first_epoch_images_per_s']:,.0f} images/s "
+        f"({result['examples']:,} examples)"
+    )
+
+
+if __name__ == "__main__":
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+    flags.DEFINE_bool("benchmark", False, "Measure the pipeline's images/s (the only mode).")
+    flags.DEFINE_integer("num_batches", 200, "Batches timed after the warm-up.")
+    flags.DEFINE_bool("mock_data", False, "Use TFDS mock data of the dataset's shapes.")
+    flags.DEFINE_integer("mock_examples", 5_000, "Mock examples, with --mock_data.")
+    flags.DEFINE_bool("cache", True, "--nocache: decode every epoch, as for huge datasets.")
+    flags.mark_flags_as_required(["config", "benchmark"])
+    app.run(main)

@@ -144,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     TensorBoard events to workdir. Raises UserError for input the user must fix.
     """
     devices = jax.local_devices()
-    validate_config(config, len(devices))
+    validate_config(config, len(devices), jax.process_count())
     check_workdir_writable(workdir)
 
     from dcgan_jax import input_pipeline  # TensorFlow is only needed from here on

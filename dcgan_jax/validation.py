@@ -8,8 +8,19 @@ import sys
 
 from dcgan_jax import default_config
 
-# Datasets the input pipeline knows; `digits` ships with scikit-learn, the rest come from TFDS.
-DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a")
+# Datasets the input pipeline knows; `digits` ships with scikit-learn, the rest come from TFDS
+# (`lsun/<category>` for any LSUN category); `folder:PATH` reads a folder of images.
+DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a", "lsun/<category>")
+FOLDER_PREFIX = "folder:"
+
+
+def _is_known_dataset(name) -> bool:
+    if not isinstance(name, str):
+        return False
+    if name.startswith("lsun/"):
+        return len(name) > len("lsun/")
+    return name in DATASETS or name.startswith(FOLDER_PREFIX)
+
 
 _POSITIVE_INTS = (
     "image_size",
@@ -49,12 +60,13 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_config(config, num_devices: int) -> None:
+def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
     """Raises ConfigError for the first config value that cannot work.
 
     Args:
       config: the run's ConfigDict.
-      num_devices: local devices the global batch is split across.
+      num_devices: local devices of each process.
+      num_processes: processes the global batch is split across first.
     """
     unknown = sorted(set(config.keys()) - set(default_config.get_config().keys()))
     if unknown:
@@ -80,10 +92,23 @@ def validate_config(config, num_devices: int) -> None:
             f"config.channels={config.channels!r} must be 1 (grayscale) or 3 (RGB). "
             "Fix: --config.channels=3."
         )
-    if config.dataset not in DATASETS:
+    if not _is_known_dataset(config.dataset):
         raise ConfigError(
             f"config.dataset={config.dataset!r} is not a dataset this project reads. "
-            f"Fix: --config.dataset=<one of {', '.join(DATASETS)}>."
+            f"Fix: --config.dataset=<one of {', '.join(DATASETS)}> or "
+            "--config.dataset=folder:/path/to/images."
+        )
+    if config.dataset.startswith(FOLDER_PREFIX):
+        folder = config.dataset[len(FOLDER_PREFIX) :]
+        if not os.path.isdir(folder):
+            raise ConfigError(
+                f"config.dataset={config.dataset!r}: {folder!r} is not an existing directory. "
+                "Fix: --config.dataset=folder:/path/to/a/folder/of/images."
+            )
+    if not _is_int(config.crop_size) or config.crop_size < 0:
+        raise ConfigError(
+            f"config.crop_size={config.crop_size!r} must be 0 (the largest centered square) "
+            "or a positive number of pixels. Fix: --config.crop_size=0."
         )
     if config.d_head not in ("conv", "linear"):
         raise ConfigError(
@@ -104,11 +129,15 @@ def validate_config(config, num_devices: int) -> None:
             )
     if not _is_int(config.seed):
         raise ConfigError(f"config.seed={config.seed!r} must be an integer.")
-    if config.batch_size % num_devices:
+    total = num_devices * num_processes
+    if config.batch_size % total:
+        where = f"{num_devices} local devices" + (
+            f" x {num_processes} processes" if num_processes > 1 else ""
+        )
         raise ConfigError(
             f"config.batch_size={config.batch_size} does not split evenly across the "
-            f"{num_devices} local devices. Fix: a multiple of {num_devices}, e.g. "
-            f"--config.batch_size={num_devices * max(1, config.batch_size // num_devices)}."
+            f"{where}. Fix: a multiple of {total}, e.g. "
+            f"--config.batch_size={total * max(1, config.batch_size // total)}."
         )
 
 

@@ -1,9 +1,17 @@
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from dcgan_jax import input_pipeline
+from dcgan_jax.validation import ConfigError, UserError, validate_config
 from tests.conftest import tiny_config
+from tests.test_models import _load_config
 
 
 def _take(ds, n):
@@ -47,14 +55,203 @@ def test_device_count_only_reshapes_the_global_batch():
 
 
 @pytest.mark.parametrize(
-    "dataset,channels,size", [("cifar10", 3, 32), ("mnist", 1, 32), ("fashion_mnist", 1, 32)]
+    "config_name,dataset,shape",
+    [
+        ("cifar", "cifar10", (32, 32, 3)),
+        ("mnist", "mnist", (32, 32, 1)),
+        ("fashion_mnist", "fashion_mnist", (32, 32, 1)),
+        ("celeba", "celeb_a", (64, 64, 3)),
+        ("lsun_bedroom", "lsun/bedroom", (64, 64, 3)),
+    ],
 )
-def test_tfds_datasets_under_mock_data(dataset, channels, size):
-    config = tiny_config(dataset=dataset, channels=channels, image_size=size, batch_size=4)
+def test_each_tfds_config_yields_model_batches_under_mock_data(config_name, dataset, shape):
+    config = _load_config(config_name)
+    assert config.dataset == dataset
+    config.batch_size = 4
+    validate_config(config, num_devices=2)
     with tfds.testing.mock_data(num_examples=10):
-        batch = _take(input_pipeline.create_dataset(config, num_devices=2), 1)[0]
-    assert batch.shape == (2, 2, size, size, channels) and batch.dtype == np.float32
-    assert -1.0 <= batch.min() and batch.max() <= 1.0
+        batches = _take(input_pipeline.create_dataset(config, num_devices=2), 3)
+    for batch in batches:
+        assert batch.shape == (2, 2, *shape) and batch.dtype == np.float32
+        assert -1.0 <= batch.min() and batch.max() <= 1.0
+        assert batch.std() > 0.1  # mock pixels are uniform noise, not a constant
+
+
+def _save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _make_mixed_folder(root):
+    """Images of several sizes, formats and modes; a truncated JPEG; a non-image '.png'."""
+    white, black = np.uint8(255), np.uint8(0)
+    # Wide image: a white center square between black side bars; the center crop is white.
+    wide = np.full((40, 80, 3), black)
+    wide[:, 20:60] = white
+    _save(root / "wide.jpg", wide)
+    # Tall solid red PNG in a nested folder: red, or gray 76 (ITU-R 601 luma) with 1 channel.
+    _save(root / "nested" / "deeper" / "red.png", np.full((50, 30, 3), [255, 0, 0], np.uint8))
+    _save(root / "nested" / "gray.PNG", np.full((20, 20), np.uint8(128)))  # mode L
+    _save(root / "rgba.png", np.full((33, 33, 4), np.uint8(200)))  # alpha dropped
+    _save(root / "palette.gif", np.full((17, 25), np.uint8(60)))  # GIFs store a palette
+    _save(root / "small.bmp", np.full((8, 8, 3), np.uint8(10)))
+    whole = (root / "wide.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (root / "nested" / "not_an_image.png").write_bytes(b"hello")
+    (root / "readme.txt").write_text("ignored: not an image extension")
+
+
+def _folder_images(config):
+    images, count = input_pipeline.source_images(config, 0, 1)
+    return np.stack(list(images.as_numpy_iterator())), count
+
+
+def test_folder_dataset_reads_mixed_files_and_skips_corrupt_ones(tmp_path, caplog):
+    _make_mixed_folder(tmp_path)
+    config = tiny_config(dataset=f"folder:{tmp_path}", channels=3, image_size=16, batch_size=6)
+    validate_config(config, num_devices=2)
+    with caplog.at_level("WARNING"):
+        images, count = _folder_images(config)
+    assert count == 6 and images.shape == (6, 16, 16, 3) and images.dtype == np.uint8
+    assert "skipped 2 unreadable or truncated file(s)" in caplog.text
+    paths = input_pipeline.readable_images(input_pipeline.list_image_files(str(tmp_path)))
+    names = [os.path.basename(p) for p in paths]
+    image = dict(zip(names, images, strict=True))
+    assert image["wide.jpg"].min() > 240  # the black bars were cropped away (JPEG noise aside)
+    np.testing.assert_array_equal(image["red.png"], np.full((16, 16, 3), [255, 0, 0]))
+    np.testing.assert_array_equal(image["gray.PNG"], np.full((16, 16, 3), 128))
+    np.testing.assert_array_equal(image["rgba.png"], np.full((16, 16, 3), 200))
+    np.testing.assert_array_equal(image["small.bmp"], np.full((16, 16, 3), 10))
+    np.testing.assert_array_equal(image["palette.gif"], np.full((16, 16, 3), 60))
+
+    gray = tiny_config(dataset=f"folder:{tmp_path}", channels=1, image_size=16, batch_size=6)
+    gray_images, _ = _folder_images(gray)
+    assert gray_images.shape == (6, 16, 16, 1)
+    red = gray_images[names.index("red.png")]
+    assert np.all(np.abs(red.astype(int) - 76) <= 1)
+
+    batch = _take(input_pipeline.create_dataset(config, num_devices=2), 1)[0]
+    assert batch.shape == (2, 3, 16, 16, 3) and batch.dtype == np.float32
+    assert batch.min() >= -1.0 and batch.max() <= 1.0
+
+
+def test_empty_or_unreadable_folder_is_a_clear_error(tmp_path):
+    config = tiny_config(dataset=f"folder:{tmp_path}")
+    with pytest.raises(UserError, match=r"holds no readable images \(0 files"):
+        input_pipeline.source_images(config, 0, 1)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(UserError, match=r"holds no readable images \(1 files"):
+        input_pipeline.source_images(config, 0, 1)
+    with pytest.raises(ConfigError, match=r"is not an existing directory"):
+        validate_config(tiny_config(dataset=f"folder:{tmp_path}/missing"), num_devices=1)
+
+
+def _numbers(images):
+    """Each image's identifying pixel value (the test images are constant fills)."""
+    return [int(image.reshape(-1)[0]) for image in images]
+
+
+def test_processes_read_disjoint_equal_shares_of_a_folder(tmp_path):
+    for i in range(10):
+        _save(tmp_path / f"{i:02d}.png", np.full((8, 8), np.uint8(i * 20)))
+    config = tiny_config(dataset=f"folder:{tmp_path}", batch_size=4)
+    whole, _ = input_pipeline.source_images(config, 0, 1)
+    shares = [input_pipeline.source_images(config, p, 2) for p in range(2)]
+    assert [count for _, count in shares] == [5, 5]
+    values = [_numbers(ds.as_numpy_iterator()) for ds, _ in shares]
+    assert not set(values[0]) & set(values[1])
+    assert values[0] + values[1] == _numbers(whole.as_numpy_iterator())
+    # Each process batches its half of the global batch, the same way every time.
+    streams = [
+        _take(input_pipeline.create_dataset(config, 1, source=s, process_count=2), 3)
+        for s in shares
+    ]
+    assert all(b.shape == (1, 2, 16, 16, 1) for stream in streams for b in stream)
+    again = _take(input_pipeline.create_dataset(config, 1, source=shares[0], process_count=2), 3)
+    np.testing.assert_array_equal(np.stack(streams[0]), np.stack(again))
+
+
+def test_processes_read_disjoint_equal_shares_of_digits():
+    config = tiny_config()
+    shares = [input_pipeline.source_images(config, p, 2) for p in range(2)]
+    assert [count for _, count in shares] == [898, 898]  # 1,797 // 2; one left out
+    halves = [np.stack(list(ds.as_numpy_iterator())) for ds, _ in shares]
+    everything = np.stack(list(input_pipeline.source_images(config, 0, 1)[0].as_numpy_iterator()))
+    np.testing.assert_array_equal(np.concatenate(halves), everything[:1796])
+
+
+class _NumberedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A real (prepared on disk) TFDS dataset: 21 8x8 images filled with 0, 1, ..., 20."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(8, 8, 1))})
+        return tfds.core.DatasetInfo(builder=self, features=features)
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(21):
+            yield i, {"image": np.full((8, 8, 1), i, np.uint8)}
+
+
+def test_processes_read_disjoint_equal_shares_of_a_tfds_split(tmp_path, monkeypatch):
+    builder = _NumberedImages(data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    loaded_splits = []
+
+    def load(name, split, data_dir, shuffle_files):
+        loaded_splits.append(split)
+        return builder.as_dataset(split=split, shuffle_files=shuffle_files)
+
+    monkeypatch.setattr(input_pipeline.tfds, "load", load)
+    config = tiny_config(dataset="mnist", image_size=16, batch_size=4)
+    _, count = input_pipeline.source_images(config, 0, 1)
+    assert count == 21
+    shares = [input_pipeline.source_images(config, p, 2) for p in range(2)]
+    assert [n for _, n in shares] == [10, 10]
+    values = [_numbers(ds.as_numpy_iterator()) for ds, _ in shares]
+    assert not set(values[0]) & set(values[1])
+    assert set(values[0]) | set(values[1]) <= set(range(21))
+    # Each process reads only its slice of the split, not the whole split.
+    assert loaded_splits[0] == "train" and loaded_splits[1] != loaded_splits[2]
+
+
+def test_failed_download_explains_manual_placement(monkeypatch):
+    def load(*args, **kwargs):
+        raise ConnectionError("Failed to connect to drive.google.com")
+
+    monkeypatch.setattr(input_pipeline.tfds, "load", load)
+    config = _load_config("celeba")
+    with pytest.raises(UserError) as error:
+        input_pipeline.source_images(config, 0, 1)
+    message = str(error.value)
+    assert "ConnectionError" in message and "downloads/manual" in message
+    assert "--config.dataset=folder:/path/to/img_align_celeba" in message
+
+
+def test_pipeline_benchmark_cli_prints_images_per_second():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcgan_jax.input_pipeline",
+            "--config",
+            "configs/digits.py",
+            "--benchmark",
+            "--num_batches",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    match = re.search(r"digits -> 16x16x1, batch 64: ([\d,]+) images/s", result.stdout)
+    assert match and float(match.group(1).replace(",", "")) > 0
 
 
 def test_grayscale_to_rgb_conversion():

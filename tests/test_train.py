@@ -58,6 +58,23 @@ def test_cifar10_config_trains_under_mock_data(tmp_path):
     assert (tmp_path / "cifar" / "samples" / "step_000002.png").exists()
 
 
+def test_trains_on_a_folder_of_images(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, (height, width) in enumerate([(30, 40), (64, 48), (20, 20)] * 4):
+        subdir = tmp_path / "images" / f"part{i % 2}"
+        subdir.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(subdir / f"{i}.{'png' if i % 3 else 'jpg'}")
+    workdir = tmp_path / "run"
+    config = tiny_config(dataset=f"folder:{tmp_path / 'images'}", channels=3, batch_size=4)
+    state = train.train_and_evaluate(config, str(workdir))
+    assert int(state.step) == 4
+    assert sorted(os.listdir(workdir / "samples")) == ["step_000002.png", "step_000004.png"]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+
 def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(tiny_config(num_train_steps=2), workdir)
