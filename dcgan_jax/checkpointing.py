@@ -1,22 +1,32 @@
 """Orbax checkpoints of the GANState, with the config that wrote them.
 
 Each checkpoint holds the full state (both networks, optimiser moments, BatchNorm
-statistics, PRNG key, sample noise) and the config as JSON. A run refuses to resume from
-a checkpoint whose config describes a different model or data stream, rather than
-overwrite it.
+statistics, PRNG key, sample noise), the config as JSON and a digest of the state's bytes.
+Orbax writes a step into a temporary directory and renames it when complete, so a process
+killed mid-write leaves no step behind (and the temporary directory is removed on the next
+start). A complete step whose files were damaged afterwards fails its digest and is moved
+aside to `checkpoints_damaged/`; the run resumes from the newest step that passes. A run
+refuses to resume from a checkpoint whose config describes a different model or data
+stream, rather than overwrite it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import time
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from dcgan_jax import default_config
 from dcgan_jax.validation import UserError
+
+ITEMS = ("state", "config", "integrity")
 
 # Fields that fix the shapes of the state or the order of the data stream: a run with
 # other values cannot continue from the checkpoint. Others (num_train_steps, logging
@@ -40,25 +50,67 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def damaged_dir(workdir: str) -> str:
+    """Where damaged steps are moved, out of Orbax's way but kept for inspection."""
+    return os.path.join(os.path.abspath(workdir), "checkpoints_damaged")
+
+
+def state_digest(state) -> str:
+    """BLAKE2b of every leaf's path, dtype, shape and bytes: equal iff the states are."""
+    digest = hashlib.blake2b(digest_size=32)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(state)):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def make_manager(workdir: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
     """A CheckpointManager for `workdir/checkpoints` keeping the newest `max_to_keep`."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
     )
-    return ocp.CheckpointManager(
-        checkpoint_dir(workdir), options=options, item_names=("state", "config")
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def _write_error(manager, e: Exception, step: int | None = None) -> UserError:
+    kept = list(manager.all_steps())
+    what = f"checkpoint {step}" if step is not None else "a checkpoint"
+    return UserError(
+        f"could not write {what} to {manager.directory} ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200] if str(e) else ''}). The checkpoints already there "
+        f"(steps {kept}) are intact. Fix: free disk space or restore write access, then rerun "
+        "the same command to resume from the newest of them."
     )
 
 
 def save(manager: ocp.CheckpointManager, state, config: ml_collections.ConfigDict) -> None:
-    """Saves an unreplicated state (asynchronously) at its step."""
+    """Saves an unreplicated state (asynchronously) at its step.
+
+    Raises UserError when the write fails (disk full, directory unwritable); errors of the
+    previous asynchronous save surface here too.
+    """
     state = jax.device_get(state)
-    manager.save(
-        int(state.step),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict())
-        ),
-    )
+    step = int(state.step)
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(config.to_dict()),
+                integrity=ocp.args.JsonSave({"blake2b": state_digest(state), "step": step}),
+            ),
+        )
+    except Exception as e:
+        raise _write_error(manager, e, step) from e
+
+
+def finish_writes(manager: ocp.CheckpointManager) -> None:
+    """Waits for the asynchronous save in flight; UserError if it failed."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:
+        raise _write_error(manager, e) from e
 
 
 def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
@@ -92,19 +144,77 @@ def check_compatible(saved: ml_collections.ConfigDict, config, directory) -> Non
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, template):
-    """Restores the state saved at `step` into the structure of `template` (host arrays)."""
+    """Restores the state saved at `step` into the structure of `template` (host arrays).
+
+    The state's digest must equal the one saved with it (checkpoints written before digests
+    existed have none and are taken as they are).
+    """
     target = jax.tree_util.tree_map(np.asarray, jax.device_get(template))
+    has_digest = os.path.isdir(os.path.join(str(manager.directory), str(step), "integrity"))
+    args = {"state": ocp.args.StandardRestore(target)}
+    if has_digest:
+        args["integrity"] = ocp.args.JsonRestore()
     try:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )
+        restored = manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:
         raise UserError(
             f"checkpoint {step} in {manager.directory} does not fit this model or is damaged "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
             "Fix: use a new --workdir, or the config that wrote it."
         ) from e
+    if has_digest and restored["integrity"]["blake2b"] != state_digest(restored["state"]):
+        raise UserError(
+            f"checkpoint {step} in {manager.directory} is damaged: its contents do not match "
+            "the digest saved with them."
+        )
     return restored["state"]
+
+
+def restore_newest_usable(manager: ocp.CheckpointManager, config, template, workdir: str):
+    """(step, state) of the newest checkpoint that restores intact, or (None, None) if the
+    workdir has no checkpoints.
+
+    Damaged steps (unreadable, or failing their digest) are moved to
+    `checkpoints_damaged/<step>-<time>` with a warning, so that training can write that
+    step again. A checkpoint of a different config raises UserError (nothing is moved).
+    If checkpoints exist but none is usable, raises UserError naming the directory: a run
+    never silently starts from scratch over existing checkpoints.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        return None, None
+    problems = []
+    for step in steps:
+        try:
+            saved = saved_config(manager, step)
+        except UserError as e:
+            problems.append((step, e))
+            continue
+        check_compatible(saved, config, manager.directory)  # a wrong config is not damage
+        try:
+            state = restore_state(manager, step, template)
+        except UserError as e:
+            problems.append((step, e))
+            continue
+        for bad_step, error in problems:
+            moved = _move_aside(manager, bad_step, workdir)
+            logging.warning("%s Moved it to %s; resuming from step %d.", error, moved, step)
+            print(f"warning: checkpoint {bad_step} is damaged; moved to {moved}.", flush=True)
+        if problems:
+            manager.reload()
+        return step, state
+    raise UserError(
+        f"no usable checkpoint in {manager.directory}: every step ({steps}) is damaged or "
+        f"unreadable (first problem: {problems[0][1]}). Nothing was changed. Fix: restore the "
+        "checkpoints from a backup, or move the directory away to start from scratch."
+    )
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int, workdir: str) -> str:
+    destination = os.path.join(damaged_dir(workdir), f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(damaged_dir(workdir), exist_ok=True)
+    shutil.move(os.path.join(str(manager.directory), str(step)), destination)
+    return destination
 
 
 def load_latest(workdir: str, step: int | None = None):

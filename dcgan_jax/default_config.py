@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.learning_rate = 2e-4
     config.beta1 = 0.5
     config.beta2 = 0.999
-    config.seed = 0
+    config.seed = 0  # 0 <= seed < 2**31; fixes initialisation, noise and data order
 
     # Outputs, in steps.
     config.log_every_steps = 100
@@ -56,4 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_samples = 64  # images in each sample grid (the fixed noise)
     config.checkpoint_every_steps = 1000
     config.max_checkpoints = 3
+    # Non-finite losses are looked for at every log line (and parameters before every
+    # checkpoint); this also checks every step, at the cost of a device sync per step.
+    config.check_finite_every_step = False
     return config

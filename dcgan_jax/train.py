@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import sys
 import time
 
 import jax
@@ -16,9 +17,14 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from dcgan_jax import checkpointing, models, sampling, steps
+from dcgan_jax import checkpointing, guards, models, sampling, steps
 from dcgan_jax.state import GANState, create_state
-from dcgan_jax.validation import check_workdir_writable, exit_on_user_error, validate_config
+from dcgan_jax.validation import (
+    UserError,
+    check_workdir_writable,
+    exit_on_user_error,
+    validate_config,
+)
 
 AXIS_NAME = "batch"
 
@@ -81,27 +87,48 @@ def summarize_metrics(history: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([m[k][0] for m in history])) for k in history[0]}
 
 
-def check_finite(metrics: dict[str, float], step: int) -> None:
+def check_finite_metrics(metrics: dict[str, float], step: int, last_saved: int | None) -> None:
+    """Raises FloatingPointError if a logged metric is NaN or infinite."""
     bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
     if bad:
-        raise FloatingPointError(
-            f"non-finite metrics at step {step}: {bad}. Training stopped; the last "
-            "checkpoint was written before this step and is intact. Try a lower "
-            "--config.learning_rate or another --config.seed."
-        )
+        raise FloatingPointError(_non_finite_message(f"metrics {bad}", step, last_saved))
+
+
+def check_finite_state(state: GANState, step: int, last_saved: int | None) -> None:
+    """Raises FloatingPointError if any parameter, moment or statistic is NaN or infinite."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        leaf = np.asarray(leaf)
+        if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
+            where = jax.tree_util.keystr(path)
+            raise FloatingPointError(_non_finite_message(f"values in {where}", step, last_saved))
+
+
+def _non_finite_message(what: str, step: int, last_saved: int | None) -> str:
+    kept = (
+        f"the newest checkpoint (step {last_saved}) is intact and nothing non-finite was saved"
+        if last_saved is not None
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"non-finite {what} at step {step}. Training stopped; {kept}. Fix: rerun with a "
+        "lower --config.learning_rate (it resumes from that checkpoint), or start over with "
+        "another --config.seed in a new --workdir."
+    )
 
 
 def progress_line(
-    step: int, total: int, metrics: dict[str, float], images_per_s: float, batch_size: int
+    step: int, total: int, metrics: dict[str, float], images_per_s: float | None, batch_size: int
 ) -> str:
     """One console line: step, losses, D outputs, throughput and time left."""
+    line = (
+        f"step {step}/{total} | d_loss {metrics['d_loss']:.4f} g_loss {metrics['g_loss']:.4f} "
+        f"D(x) {metrics['D(x)']:.3f} D(G(z)) {metrics['D(G(z))']:.3f}"
+    )
+    if images_per_s is None:  # only the compilation step since the last line
+        return line
     remaining_s = (total - step) * batch_size / max(images_per_s, 1e-9)
     eta = time.strftime("%H:%M:%S", time.gmtime(remaining_s))
-    return (
-        f"step {step}/{total} | d_loss {metrics['d_loss']:.4f} g_loss {metrics['g_loss']:.4f} "
-        f"D(x) {metrics['D(x)']:.3f} D(G(z)) {metrics['D(G(z))']:.3f} | "
-        f"{images_per_s:.1f} images/s | ETA {eta}"
-    )
+    return f"{line} | {images_per_s:.1f} images/s | ETA {eta}"
 
 
 class SummaryWriter:
@@ -132,7 +159,14 @@ def write_sample_grid(state: GANState, workdir: str, step: int, writer: SummaryW
     images = sampling.generate_eval(state.generator, state.fixed_noise)
     grid = sampling.make_grid(images)
     path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
-    sampling.save_png(grid, path)
+    try:
+        sampling.save_png(grid, path)
+    except OSError as e:
+        raise UserError(
+            f"could not write the sample grid {path} ({e.strerror or e}). Fix: free disk "
+            "space or restore write access to the workdir; rerunning resumes from the newest "
+            "checkpoint."
+        ) from e
     writer.image(step, "samples", grid)
     return path
 
@@ -141,81 +175,110 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     """Trains (or resumes training) until `config.num_train_steps`; returns the final state.
 
     Writes checkpoints to workdir/checkpoints, sample grids to workdir/samples and
-    TensorBoard events to workdir. Raises UserError for input the user must fix.
+    TensorBoard events to workdir. Raises UserError for input the user must fix,
+    FloatingPointError when training diverges, and guards.TrainingInterrupted after saving
+    a checkpoint on SIGTERM/SIGINT.
     """
     devices = jax.local_devices()
     validate_config(config, len(devices), jax.process_count())
     check_workdir_writable(workdir)
+    with guards.WorkdirLock(workdir):
+        return _train_locked(config, workdir, devices)
 
+
+def _train_locked(config, workdir: str, devices) -> GANState:
     from dcgan_jax import input_pipeline  # TensorFlow is only needed from here on
 
     # Loading (or failing to load) the data comes before any checkpoint is touched.
     source = input_pipeline.source_images(config)
 
     manager = checkpointing.make_manager(workdir, config.max_checkpoints)
-    latest = manager.latest_step()  # may be 0: weights converted from PyTorch
-    start_step = latest or 0
-    if latest is not None:
-        checkpointing.check_compatible(
-            checkpointing.saved_config(manager, start_step), config, manager.directory
-        )
+    writer = None
+    try:
+        fresh = init_state(config)
+        # May be step 0: weights converted from PyTorch.
+        start_step, state = checkpointing.restore_newest_usable(manager, config, fresh, workdir)
+        if start_step is None:
+            start_step, state = 0, fresh
+            print(f"No checkpoint in {manager.directory}; starting from step 0.", flush=True)
+        else:
+            print(
+                f"Resumed from checkpoint at step {start_step} ({manager.directory}).", flush=True
+            )
+        dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
+        writer = SummaryWriter(workdir)
+        with guards.GracefulStop() as stop:
+            state = _train_loop(config, workdir, devices, manager, writer, state, dataset, stop)
+        checkpointing.finish_writes(manager)
+        if stop.requested and int(state.step) < config.num_train_steps:
+            raise guards.TrainingInterrupted(
+                f"Stopped by {stop.signal_name} after step {int(state.step)}; its checkpoint is "
+                f"in {manager.directory}. Run the same command again to resume.",
+                stop.signum,
+            )
+        return state
+    finally:
+        try:
+            manager.wait_until_finished()
+        except Exception:  # reported by finish_writes; an error here must not mask another
+            pass
+        manager.close()
+        if writer is not None:
+            writer.close()
 
-    dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
 
-    state = init_state(config)
-    if latest is not None:
-        state = checkpointing.restore_state(manager, start_step, state)
-        print(f"Resumed from checkpoint at step {start_step} ({manager.directory}).", flush=True)
-    else:
-        print(f"No checkpoint in {manager.directory}; starting from step 0.", flush=True)
-
-    writer = SummaryWriter(workdir)
+def _train_loop(config, workdir, devices, manager, writer, state, dataset, stop) -> GANState:
+    """Steps until num_train_steps or a stop request; logs, samples and checkpoints."""
+    start_step = step = int(state.step)
+    last_saved = start_step if manager.latest_step() is not None else None
     p_train_step = make_p_train_step(devices)
     replicated = replicate(state, devices)
     batches = prefetch_to_devices(dataset.as_numpy_iterator(), devices)
 
-    history = []
-    window_start = time.perf_counter()
-    window_steps = 0
-    step = start_step
-    first_step_started = time.perf_counter()
-    try:
-        while step < config.num_train_steps:
-            replicated, metrics = p_train_step(replicated, next(batches))
-            history.append(metrics)
-            step += 1
+    history = []  # on-device metrics since the last log line
+    window_start, window_steps = time.perf_counter(), 0  # timing excludes compilation
+    while step < config.num_train_steps and not stop.requested:
+        replicated, metrics = p_train_step(replicated, next(batches))
+        history.append(metrics)
+        step += 1
+        if step == start_step + 1:
+            jax.block_until_ready(metrics)
+            print(
+                f"First step (compilation included) took "
+                f"{time.perf_counter() - window_start:.1f} s.",
+                flush=True,
+            )
+            window_start = time.perf_counter()
+        else:
             window_steps += 1
-            if step == start_step + 1:
-                jax.block_until_ready(metrics)
-                print(
-                    f"First step (compilation included) took "
-                    f"{time.perf_counter() - first_step_started:.1f} s.",
-                    flush=True,
-                )
-                window_start, window_steps, history = time.perf_counter(), 0, []
-            is_last = step == config.num_train_steps
-            if history and (step % config.log_every_steps == 0 or is_last):
-                summary = summarize_metrics(history)
-                check_finite(summary, step)
-                elapsed = time.perf_counter() - window_start
-                images_per_s = window_steps * config.batch_size / elapsed
-                print(
-                    progress_line(
-                        step, config.num_train_steps, summary, images_per_s, config.batch_size
-                    ),
-                    flush=True,
-                )
-                rates = {"steps_per_s": window_steps / elapsed, "images_per_s": images_per_s}
-                writer.scalars(step, {**summary, **rates})
-                history, window_steps, window_start = [], 0, time.perf_counter()
-            if step % config.sample_every_steps == 0 or is_last:
-                write_sample_grid(unreplicate(replicated), workdir, step, writer)
-            if step % config.checkpoint_every_steps == 0 or is_last:
-                checkpointing.save(manager, unreplicate(replicated), config)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
+        if config.check_finite_every_step:
+            check_finite_metrics(summarize_metrics([metrics]), step, last_saved)
+        is_last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or is_last:
+            summary = summarize_metrics(history)
+            check_finite_metrics(summary, step, last_saved)
+            elapsed = time.perf_counter() - window_start
+            images_per_s = window_steps * config.batch_size / elapsed if window_steps else None
+            print(
+                progress_line(
+                    step, config.num_train_steps, summary, images_per_s, config.batch_size
+                ),
+                flush=True,
+            )
+            rates = (
+                {"steps_per_s": window_steps / elapsed, "images_per_s": images_per_s}
+                if images_per_s
+                else {}
+            )
+            writer.scalars(step, {**summary, **rates})
+            history, window_steps, window_start = [], 0, time.perf_counter()
+        if step % config.sample_every_steps == 0 or is_last:
+            write_sample_grid(unreplicate(replicated), workdir, step, writer)
+        if step % config.checkpoint_every_steps == 0 or is_last or stop.requested:
+            host_state = jax.device_get(unreplicate(replicated))
+            check_finite_state(host_state, step, last_saved)
+            checkpointing.save(manager, host_state, config)
+            last_saved = step
     return jax.device_get(unreplicate(replicated))
 
 
@@ -226,7 +289,11 @@ def main(argv) -> None:
         # Orbax and TFDS log every file operation at INFO; progress is printed instead.
         logging.set_verbosity(logging.WARNING)
     with exit_on_user_error(FloatingPointError):
-        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        try:
+            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        except guards.TrainingInterrupted as e:
+            print(str(e), file=sys.stderr)
+            sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
 
 
 def define_flags() -> None:

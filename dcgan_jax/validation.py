@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 
@@ -36,6 +37,7 @@ _POSITIVE_INTS = (
     "max_checkpoints",
     "shuffle_buffer_size",
 )
+_BOOLS = ("fast_convolutions", "half_precision", "check_finite_every_step")
 
 
 class UserError(Exception):
@@ -60,44 +62,74 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_real(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _field_problem(key: str, value) -> str | None:
+    """What is wrong with `config.key = value` on its own (None if nothing), with the fix."""
+    if key in _POSITIVE_INTS and (not _is_int(value) or value <= 0):
+        return f"must be a positive integer. Fix: --config.{key}=<positive integer>"
+    if key in _BOOLS and not isinstance(value, bool):
+        return f"must be True or False. Fix: --config.{key}=False"
+    if key in ("dataset", "data_dir", "d_head") and not isinstance(value, str):
+        return f"must be a string. Fix: --config.{key}=<text>"
+    if key == "image_size" and (value < 16 or value & (value - 1)):
+        return (
+            "must be a power of two >= 16 (16, 32, 64, 128, ...). Fix: e.g. --config.image_size=32"
+        )
+    if key == "channels" and (not _is_int(value) or value not in (1, 3)):
+        return "must be 1 (grayscale) or 3 (RGB). Fix: --config.channels=3"
+    if key == "crop_size" and (not _is_int(value) or value < 0):
+        return (
+            "must be 0 (the largest centered square) or a positive number of pixels. "
+            "Fix: --config.crop_size=0"
+        )
+    if key == "dataset" and not _is_known_dataset(value):
+        return (
+            f"is not a dataset this project reads. Fix: --config.dataset=<one of "
+            f"{', '.join(DATASETS)}> or --config.dataset=folder:/path/to/images"
+        )
+    if key == "d_head" and value not in ("conv", "linear"):
+        return "must be 'conv' or 'linear'. Fix: --config.d_head=linear"
+    if key == "learning_rate" and not (_is_real(value) and 0 < value < 1):
+        return "must be a number in (0, 1). Fix: e.g. --config.learning_rate=2e-4"
+    if key in ("beta1", "beta2") and not (_is_real(value) and 0 <= value < 1):
+        example = "0.5" if key == "beta1" else "0.999"
+        return f"must be a number in [0, 1). Fix: e.g. --config.{key}={example}"
+    if key == "seed" and not (_is_int(value) and 0 <= value < 2**31):
+        return "must be an integer in [0, 2**31). Fix: e.g. --config.seed=0"
+    return None
+
+
 def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
     """Raises ConfigError for the first config value that cannot work.
+
+    Every field is checked for its type and range; then the fields that depend on each
+    other or on the machine.
 
     Args:
       config: the run's ConfigDict.
       num_devices: local devices of each process.
       num_processes: processes the global batch is split across first.
     """
-    unknown = sorted(set(config.keys()) - set(default_config.get_config().keys()))
+    known = default_config.get_config().keys()
+    unknown = sorted(set(config.keys()) - set(known))
     if unknown:
         raise ConfigError(
             f"config has unknown field(s) {unknown}. Remove them; the known fields are "
             "listed, with comments, in dcgan_jax/default_config.py."
         )
-    for key in _POSITIVE_INTS:
-        value = config[key]
-        if not _is_int(value) or value <= 0:
-            raise ConfigError(
-                f"config.{key}={value!r} must be a positive integer. "
-                f"Fix: --config.{key}=<positive integer>."
-            )
-    size = config.image_size
-    if size < 16 or size & (size - 1):
+    missing = sorted(set(known) - set(config.keys()))
+    if missing:
         raise ConfigError(
-            f"config.image_size={size} must be a power of two >= 16 (16, 32, 64, 128, ...). "
-            "Fix: e.g. --config.image_size=32."
+            f"config lacks field(s) {missing}. Fix: build it from "
+            "dcgan_jax.default_config.get_config(), which has every field."
         )
-    if config.channels not in (1, 3) or not _is_int(config.channels):
-        raise ConfigError(
-            f"config.channels={config.channels!r} must be 1 (grayscale) or 3 (RGB). "
-            "Fix: --config.channels=3."
-        )
-    if not _is_known_dataset(config.dataset):
-        raise ConfigError(
-            f"config.dataset={config.dataset!r} is not a dataset this project reads. "
-            f"Fix: --config.dataset=<one of {', '.join(DATASETS)}> or "
-            "--config.dataset=folder:/path/to/images."
-        )
+    for key in known:
+        problem = _field_problem(key, config[key])
+        if problem:
+            raise ConfigError(f"config.{key}={config[key]!r} {problem}.")
     if config.dataset.startswith(FOLDER_PREFIX):
         folder = config.dataset[len(FOLDER_PREFIX) :]
         if not os.path.isdir(folder):
@@ -105,30 +137,6 @@ def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
                 f"config.dataset={config.dataset!r}: {folder!r} is not an existing directory. "
                 "Fix: --config.dataset=folder:/path/to/a/folder/of/images."
             )
-    if not _is_int(config.crop_size) or config.crop_size < 0:
-        raise ConfigError(
-            f"config.crop_size={config.crop_size!r} must be 0 (the largest centered square) "
-            "or a positive number of pixels. Fix: --config.crop_size=0."
-        )
-    if config.d_head not in ("conv", "linear"):
-        raise ConfigError(
-            f"config.d_head={config.d_head!r} must be 'conv' or 'linear'. "
-            "Fix: --config.d_head=linear."
-        )
-    if not config.learning_rate > 0:
-        raise ConfigError(
-            f"config.learning_rate={config.learning_rate!r} must be > 0. "
-            "Fix: e.g. --config.learning_rate=2e-4."
-        )
-    for key in ("beta1", "beta2"):
-        if not 0 <= config[key] < 1:
-            raise ConfigError(
-                f"config.{key}={config[key]!r} must be in [0, 1). Fix: e.g. --config.{key}="
-                + ("0.5" if key == "beta1" else "0.999")
-                + "."
-            )
-    if not _is_int(config.seed):
-        raise ConfigError(f"config.seed={config.seed!r} must be an integer.")
     total = num_devices * num_processes
     if config.batch_size % total:
         where = f"{num_devices} local devices" + (

@@ -92,8 +92,8 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
         ({"batch_size": 0}, r"config.batch_size=0 must be a positive integer"),
         ({"num_train_steps": -5}, r"config.num_train_steps=-5 must be a positive integer"),
         ({"batch_size": 7}, r"config.batch_size=7 does not split evenly across the 2"),
-        ({"beta1": 1.5}, r"config.beta1=1.5 must be in \[0, 1\)"),
-        ({"learning_rate": 0.0}, r"config.learning_rate=0.0 must be > 0"),
+        ({"beta1": 1.5}, r"config.beta1=1.5 must be a number in \[0, 1\)"),
+        ({"learning_rate": 0.0}, r"config.learning_rate=0.0 must be a number in \(0, 1\)"),
         ({"channels": 2}, r"config.channels=2 must be 1 \(grayscale\) or 3"),
     ],
 )
