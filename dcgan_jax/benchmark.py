@@ -311,4 +311,6 @@ if __name__ == "__main__":
     flags.DEFINE_bool("no_torch", False, "Time only the JAX side (no PyTorch needed).")
     flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    from dcgan_jax.validation import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

@@ -103,4 +103,6 @@ if __name__ == "__main__":
     flags.DEFINE_bool("to-torch", False, "Export the workdir's latest checkpoint to PyTorch.")
     flags.DEFINE_string("out", None, "With --to-torch: directory for netG.pth and netD.pth.")
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    from dcgan_jax.validation import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

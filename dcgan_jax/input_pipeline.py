@@ -363,4 +363,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("mock_examples", 5_000, "Mock examples, with --mock_data.")
     flags.DEFINE_bool("cache", True, "--nocache: decode every epoch, as for huge datasets.")
     flags.mark_flags_as_required(["config", "benchmark"])
-    app.run(main)
+    from dcgan_jax.validation import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

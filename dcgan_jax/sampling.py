@@ -21,8 +21,8 @@ def generate_eval(g_state: TrainState, z: jax.Array) -> jax.Array:
 
 
 def to_uint8(images) -> np.ndarray:
-    """[-1, 1] float images -> uint8 in [0, 255]."""
-    images = np.asarray(images, np.float32)
+    """[-1, 1] float images -> uint8 in [0, 255] (NaN, from a diverged run, -> 0)."""
+    images = np.nan_to_num(np.asarray(images, np.float32), nan=-1.0)
     return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 

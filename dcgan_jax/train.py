@@ -309,4 +309,6 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from dcgan_jax.validation import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

@@ -58,6 +58,31 @@ def exit_on_user_error(*also: type[Exception]):
         sys.exit(2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`, where a
+    `--config.key=value` that names no field or does not parse is one `error:` line and
+    exit code 2 instead of a traceback."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}. Pass --helpshort to see the flags.", file=sys.stderr)
+    except (KeyError, AttributeError) as e:
+        print(
+            f"error: a --config override names no config field ({str(e).strip(chr(34))}). "
+            "Fix: use a field of dcgan_jax/default_config.py, spelled as there.",
+            file=sys.stderr,
+        )
+    except (TypeError, ValueError) as e:
+        print(
+            f"error: a --config override does not fit its field ({e}). Fix: give a value of "
+            "the field's type (see dcgan_jax/default_config.py).",
+            file=sys.stderr,
+        )
+    sys.exit(2)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
