@@ -60,3 +60,16 @@ def get_config() -> ml_collections.ConfigDict:
     # checkpoint); this also checks every step, at the cost of a device sync per step.
     config.check_finite_every_step = False
     return config
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file such as configs/cifar.py (for notebooks and scripts;
+    the command line uses ml_collections' --config flag)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dcgan_jax_config_file", path)
+    if spec is None or not path.endswith(".py"):
+        raise FileNotFoundError(f"{path!r} is not a Python config file (configs/<name>.py)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

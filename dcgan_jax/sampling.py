@@ -40,6 +40,41 @@ def make_grid(images, num_columns: int | None = None, padding: int = 2) -> np.nd
     return grid
 
 
+def grid_image(images, num_columns: int | None = None) -> Image.Image:
+    """(N, H, W, C) images in [-1, 1] as one PIL image (for notebooks and files)."""
+    grid = make_grid(images, num_columns)
+    return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+
+
+def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation between latent vectors (rows of z0 and z1) at fractions t.
+
+    Gaussian latents concentrate near a sphere; walking along it (rather than along the
+    straight line, whose middle has an atypically small norm) keeps every point a typical
+    input for the generator. Returns (len(z0), len(t), z_dim); nearly parallel pairs fall
+    back to linear interpolation.
+    """
+    z0, z1 = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
+    t = np.asarray(t, np.float64)[None, :, None]
+    unit0 = z0 / np.linalg.norm(z0, axis=-1, keepdims=True)
+    unit1 = z1 / np.linalg.norm(z1, axis=-1, keepdims=True)
+    omega = np.arccos(np.clip(np.sum(unit0 * unit1, axis=-1), -1.0, 1.0))[:, None, None]
+    sin_omega = np.sin(omega)
+    parallel = sin_omega < 1e-6
+    safe = np.where(parallel, 1.0, sin_omega)
+    w0 = np.where(parallel, 1.0 - t, np.sin((1.0 - t) * omega) / safe)
+    w1 = np.where(parallel, t, np.sin(t * omega) / safe)
+    return (w0 * z0[:, None] + w1 * z1[:, None]).astype(np.float32)
+
+
+def interpolation_latents(seed: int, num_pairs: int, num_steps: int, z_dim: int) -> np.ndarray:
+    """(num_pairs * num_steps, z_dim): for each of `num_pairs` random pairs of latents, the
+    `num_steps` points of the spherical path from one to the other, endpoints included."""
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (2, num_pairs, z_dim)))
+    path = slerp(z[0], z[1], np.linspace(0.0, 1.0, num_steps))
+    return path.reshape(num_pairs * num_steps, z_dim)
+
+
 def save_png(image: np.ndarray, path: str) -> None:
     """Writes a uint8 HWC image (C = 1 or 3) as PNG, creating the directory."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

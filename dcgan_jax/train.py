@@ -11,6 +11,7 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -171,22 +172,27 @@ def write_sample_grid(state: GANState, workdir: str, step: int, writer: SummaryW
     return path
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    on_samples: Callable[[int, str], None] | None = None,
+) -> GANState:
     """Trains (or resumes training) until `config.num_train_steps`; returns the final state.
 
     Writes checkpoints to workdir/checkpoints, sample grids to workdir/samples and
-    TensorBoard events to workdir. Raises UserError for input the user must fix,
-    FloatingPointError when training diverges, and guards.TrainingInterrupted after saving
-    a checkpoint on SIGTERM/SIGINT.
+    TensorBoard events to workdir; `on_samples(step, png_path)`, if given, is called after
+    each grid is written (a notebook shows them with it). Raises UserError for input the
+    user must fix, FloatingPointError when training diverges, and guards.TrainingInterrupted
+    after saving a checkpoint on SIGTERM/SIGINT.
     """
     devices = jax.local_devices()
     validate_config(config, len(devices), jax.process_count())
     check_workdir_writable(workdir)
     with guards.WorkdirLock(workdir):
-        return _train_locked(config, workdir, devices)
+        return _train_locked(config, workdir, devices, on_samples)
 
 
-def _train_locked(config, workdir: str, devices) -> GANState:
+def _train_locked(config, workdir: str, devices, on_samples) -> GANState:
     from dcgan_jax import input_pipeline  # TensorFlow is only needed from here on
 
     # Loading (or failing to load) the data comes before any checkpoint is touched.
@@ -208,7 +214,9 @@ def _train_locked(config, workdir: str, devices) -> GANState:
         dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
         writer = SummaryWriter(workdir)
         with guards.GracefulStop() as stop:
-            state = _train_loop(config, workdir, devices, manager, writer, state, dataset, stop)
+            state = _train_loop(
+                config, workdir, devices, manager, writer, state, dataset, stop, on_samples
+            )
         checkpointing.finish_writes(manager)
         if stop.requested and int(state.step) < config.num_train_steps:
             raise guards.TrainingInterrupted(
@@ -227,7 +235,9 @@ def _train_locked(config, workdir: str, devices) -> GANState:
             writer.close()
 
 
-def _train_loop(config, workdir, devices, manager, writer, state, dataset, stop) -> GANState:
+def _train_loop(
+    config, workdir, devices, manager, writer, state, dataset, stop, on_samples
+) -> GANState:
     """Steps until num_train_steps or a stop request; logs, samples and checkpoints."""
     start_step = step = int(state.step)
     last_saved = start_step if manager.latest_step() is not None else None
@@ -273,7 +283,9 @@ def _train_loop(config, workdir, devices, manager, writer, state, dataset, stop)
             writer.scalars(step, {**summary, **rates})
             history, window_steps, window_start = [], 0, time.perf_counter()
         if step % config.sample_every_steps == 0 or is_last:
-            write_sample_grid(unreplicate(replicated), workdir, step, writer)
+            path = write_sample_grid(unreplicate(replicated), workdir, step, writer)
+            if on_samples is not None:
+                on_samples(step, path)
         if step % config.checkpoint_every_steps == 0 or is_last or stop.requested:
             host_state = jax.device_get(unreplicate(replicated))
             check_finite_state(host_state, step, last_saved)
