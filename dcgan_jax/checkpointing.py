@@ -76,11 +76,19 @@ def make_manager(workdir: str, max_to_keep: int | None = None) -> ocp.Checkpoint
 def _write_error(manager, e: Exception, step: int | None = None) -> UserError:
     kept = list(manager.all_steps())
     what = f"checkpoint {step}" if step is not None else "a checkpoint"
+    cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    if jax.process_count() > 1 and not isinstance(e, OSError):
+        return UserError(
+            f"process {jax.process_index()} could not write {what} to {manager.directory} "
+            f"({cause}); all processes write together, and another process of this run has "
+            f"probably died or been killed. The checkpoints already there (steps {kept}) are "
+            "intact. Fix: restart all processes with the same command; they resume from the "
+            "newest of them."
+        )
     return UserError(
-        f"could not write {what} to {manager.directory} ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:200] if str(e) else ''}). The checkpoints already there "
-        f"(steps {kept}) are intact. Fix: free disk space or restore write access, then rerun "
-        "the same command to resume from the newest of them."
+        f"could not write {what} to {manager.directory} ({cause}). The checkpoints already "
+        f"there (steps {kept}) are intact. Fix: free disk space or restore write access, then "
+        "rerun the same command to resume from the newest of them."
     )
 
 
@@ -196,11 +204,16 @@ def restore_newest_usable(manager: ocp.CheckpointManager, config, template, work
         except UserError as e:
             problems.append((step, e))
             continue
-        for bad_step, error in problems:
-            moved = _move_aside(manager, bad_step, workdir)
-            logging.warning("%s Moved it to %s; resuming from step %d.", error, moved, step)
-            print(f"warning: checkpoint {bad_step} is damaged; moved to {moved}.", flush=True)
+        if jax.process_index() == 0:  # one process moves; all see the result after the sync
+            for bad_step, error in problems:
+                moved = _move_aside(manager, bad_step, workdir)
+                logging.warning("%s Moved it to %s; resuming from step %d.", error, moved, step)
+                print(f"warning: checkpoint {bad_step} is damaged; moved to {moved}.", flush=True)
         if problems:
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("damaged checkpoints moved aside")
             manager.reload()
         return step, state
     raise UserError(

@@ -23,6 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
     # crop_size pixels (e.g. 108 for the face region of aligned CelebA), or 0 for the
     # largest square that fits (= resize the shorter side, then center crop).
     config.crop_size = 0
+    # How processes of a multi-host run divide the data. "process_shares": each reads its
+    # own 1/P of the split (scales to any dataset; the data order depends on P).
+    # "global_batches": each reads the whole stream and keeps its rows of every global
+    # batch (the same numbers on any number of processes; every process decodes all data).
+    config.input_sharding = "process_shares"
     # Examples held in the shuffle buffer; bigger shuffles better and costs memory.
     config.shuffle_buffer_size = 50_000
 

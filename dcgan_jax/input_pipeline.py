@@ -186,10 +186,13 @@ def source_images(
     """This process's share of the training images in the model's format, and its size.
 
     Each of `process_count` processes (default: JAX's) reads a disjoint, contiguous block of
-    the training split, all blocks the same size (the remainder is left out).
+    the training split, all blocks the same size (the remainder is left out). With
+    `config.input_sharding == "global_batches"` every process reads the whole split.
     """
     if process_index is None:
         process_index, process_count = jax.process_index(), jax.process_count()
+    if config.input_sharding == "global_batches":
+        process_index, process_count = 0, 1
     if config.dataset == "digits":
         images = load_digits_images()
         images = images[_process_share(len(images), process_index, process_count)]
@@ -214,6 +217,8 @@ def source_images(
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     local_batch = config.batch_size // process_count
+    if config.input_sharding == "global_batches":
+        local_batch = config.batch_size
     if num_examples < local_batch:
         raise UserError(
             f"dataset {config.dataset!r} has {num_examples} examples"
@@ -233,12 +238,15 @@ def batched_stream(
     shuffle_buffer_size: int,
     start_step: int = 0,
     cache: bool = True,
+    rows: slice | None = None,
 ) -> tf.data.Dataset:
-    """An endless stream of (num_devices, batch_size // num_devices, H, W, C) float batches.
+    """An endless stream of (num_devices, per_device, H, W, C) float batches.
 
     Epoch e is `images` shuffled with seed (seed, e); the epochs are concatenated and
     batched with drop_remainder, so batches may straddle epochs. Starting at `start_step`
-    skips exactly `start_step * batch_size` examples of that stream.
+    skips exactly `start_step * batch_size` examples of that stream. With `rows`, only
+    those rows of each batch are kept (this process's part of a global batch);
+    per_device = (rows of a batch) // num_devices.
     """
     if cache:
         images = images.cache()  # decoded, resized uint8 images: decode once, not per epoch
@@ -251,13 +259,14 @@ def batched_stream(
             shuffle_buffer_size, seed=seed * 1_000_003 + index, reshuffle_each_iteration=False
         )
 
-    per_device = batch_size // num_devices
+    rows = rows or slice(0, batch_size)
+    per_device = (rows.stop - rows.start) // num_devices
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
     ds = ds.skip(offset)
     ds = ds.batch(batch_size, drop_remainder=True)
 
     def to_model_input(batch):
-        batch = tf.cast(batch, tf.float32) / 127.5 - 1.0
+        batch = tf.cast(batch[rows.start : rows.stop], tf.float32) / 127.5 - 1.0
         return tf.reshape(batch, [num_devices, per_device, *batch.shape[1:]])
 
     ds = ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
@@ -271,22 +280,32 @@ def create_dataset(
     num_devices: int,
     start_step: int = 0,
     source=None,
+    process_index: int | None = None,
     process_count: int | None = None,
     cache: bool | None = None,
 ) -> tf.data.Dataset:
     """This process's training stream for `config`, positioned at `start_step`.
 
     Batches hold `config.batch_size // process_count` images (the process's part of the
-    global batch) split over its `num_devices` devices. `source` is `source_images(config)`
-    when the caller has loaded it already. The converted images are cached in memory when
-    they take less than 2 GiB, unless `cache` says otherwise.
+    global batch) split over its `num_devices` devices: by default taken from the process's
+    own share of the data; with `config.input_sharding == "global_batches"`, its rows of
+    the single-process run's global batch. `source` is `source_images(config)` when the
+    caller has loaded it already. The converted images are cached in memory when they take
+    less than 2 GiB, unless `cache` says otherwise.
     """
-    process_count = jax.process_count() if process_count is None else process_count
+    if process_count is None:
+        process_index, process_count = jax.process_index(), jax.process_count()
+    process_index = process_index or 0
     images, num_examples = source if source is not None else source_images(config)
+    local_batch = config.batch_size // process_count
+    rows = None
+    if config.input_sharding == "global_batches":
+        rows = slice(process_index * local_batch, (process_index + 1) * local_batch)
     return batched_stream(
         images,
         num_examples,
-        batch_size=config.batch_size // process_count,
+        batch_size=config.batch_size if rows else local_batch,
+        rows=rows,
         num_devices=num_devices,
         seed=config.seed,
         shuffle_buffer_size=config.shuffle_buffer_size,

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -31,14 +33,15 @@ AXIS_NAME = "batch"
 
 
 def make_p_train_step(devices=None):
-    """`steps.train_step` data-parallel over `devices` (default: all local ones).
+    """`steps.train_step` data-parallel over `devices` (default: all devices of all
+    processes; each process passes the arrays of its own devices).
 
     The state argument is donated: its buffers are reused for the new state.
     """
     return jax.pmap(
         functools.partial(steps.train_step, axis_name=AXIS_NAME),
         axis_name=AXIS_NAME,
-        devices=devices,
+        devices=devices if jax.process_count() == 1 else None,
         donate_argnums=(0,),
     )
 
@@ -77,15 +80,23 @@ def prefetch_to_devices(batches, devices, size: int = 2):
     yield from queue
 
 
+def _first_local_copy(x):
+    if isinstance(x, jax.Array):  # also when other processes hold the other copies
+        return np.asarray(x.addressable_data(0))[0]
+    return np.asarray(x)[0]
+
+
 def unreplicate(state: GANState) -> GANState:
-    """The first device's copy of a replicated state (all copies are equal)."""
-    return jax.tree_util.tree_map(lambda x: x[0], state)
+    """This process's first device's copy of a replicated state, on the host (all copies
+    are equal)."""
+    return jax.tree_util.tree_map(_first_local_copy, state)
 
 
 def summarize_metrics(history: list[dict]) -> dict[str, float]:
-    """Means over the steps since the last log of on-device per-step metrics."""
-    history = jax.device_get(history)
-    return {k: float(np.mean([m[k][0] for m in history])) for k in history[0]}
+    """Means over the steps since the last log of on-device per-step metrics (pmean'd, so
+    every device holds the same values)."""
+    local = jax.tree_util.tree_map(_first_local_copy, history)
+    return {k: float(np.mean([m[k] for m in local])) for k in local[0]}
 
 
 def check_finite_metrics(metrics: dict[str, float], step: int, last_saved: int | None) -> None:
@@ -188,8 +199,44 @@ def train_and_evaluate(
     devices = jax.local_devices()
     validate_config(config, len(devices), jax.process_count())
     check_workdir_writable(workdir)
-    with guards.WorkdirLock(workdir):
+    # Process 0 speaks for a multi-process run: it holds the lock, logs and writes samples.
+    with guards.WorkdirLock(workdir) if is_primary() else contextlib.nullcontext():
         return _train_locked(config, workdir, devices, on_samples)
+
+
+def is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+    """Prints on process 0 only (every process runs the same loop)."""
+    if is_primary():
+        print(message, flush=True)
+
+
+class _NoWriter:
+    """SummaryWriter's interface for processes other than 0."""
+
+    def scalars(self, step, values) -> None:
+        pass
+
+    def image(self, step, name, image) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _agreed_stop(stop: guards.GracefulStop, step: int, config) -> bool:
+    """Whether to stop after `step`. With several processes, a signal seen by any of them
+    stops all of them, at the next log step, so that all save the same step."""
+    if jax.process_count() == 1:
+        return stop.requested
+    if step % config.log_every_steps and step != config.num_train_steps:
+        return False
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
 
 
 def _train_locked(config, workdir: str, devices, on_samples) -> GANState:
@@ -204,25 +251,32 @@ def _train_locked(config, workdir: str, devices, on_samples) -> GANState:
         fresh = init_state(config)
         # May be step 0: weights converted from PyTorch.
         start_step, state = checkpointing.restore_newest_usable(manager, config, fresh, workdir)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.assert_equal(
+                np.int64(-1 if start_step is None else start_step),
+                "the processes found different checkpoints to resume from; is the workdir "
+                "on a file system that all of them share?",
+            )
         if start_step is None:
             start_step, state = 0, fresh
-            print(f"No checkpoint in {manager.directory}; starting from step 0.", flush=True)
+            log(f"No checkpoint in {manager.directory}; starting from step 0.")
         else:
-            print(
-                f"Resumed from checkpoint at step {start_step} ({manager.directory}).", flush=True
-            )
+            log(f"Resumed from checkpoint at step {start_step} ({manager.directory}).")
         dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
-        writer = SummaryWriter(workdir)
+        writer = SummaryWriter(workdir) if is_primary() else _NoWriter()
         with guards.GracefulStop() as stop:
             state = _train_loop(
                 config, workdir, devices, manager, writer, state, dataset, stop, on_samples
             )
         checkpointing.finish_writes(manager)
-        if stop.requested and int(state.step) < config.num_train_steps:
+        if int(state.step) < config.num_train_steps:
+            cause = stop.signal_name or "a signal to another process of this run"
             raise guards.TrainingInterrupted(
-                f"Stopped by {stop.signal_name} after step {int(state.step)}; its checkpoint is "
+                f"Stopped by {cause} after step {int(state.step)}; its checkpoint is "
                 f"in {manager.directory}. Run the same command again to resume.",
-                stop.signum,
+                stop.signum or signal.SIGTERM,
             )
         return state
     finally:
@@ -247,16 +301,16 @@ def _train_loop(
 
     history = []  # on-device metrics since the last log line
     window_start, window_steps = time.perf_counter(), 0  # timing excludes compilation
-    while step < config.num_train_steps and not stop.requested:
+    stopping = False
+    while step < config.num_train_steps and not stopping:
         replicated, metrics = p_train_step(replicated, next(batches))
         history.append(metrics)
         step += 1
         if step == start_step + 1:
             jax.block_until_ready(metrics)
-            print(
+            log(
                 f"First step (compilation included) took "
-                f"{time.perf_counter() - window_start:.1f} s.",
-                flush=True,
+                f"{time.perf_counter() - window_start:.1f} s."
             )
             window_start = time.perf_counter()
         else:
@@ -269,11 +323,10 @@ def _train_loop(
             check_finite_metrics(summary, step, last_saved)
             elapsed = time.perf_counter() - window_start
             images_per_s = window_steps * config.batch_size / elapsed if window_steps else None
-            print(
+            log(
                 progress_line(
                     step, config.num_train_steps, summary, images_per_s, config.batch_size
-                ),
-                flush=True,
+                )
             )
             rates = (
                 {"steps_per_s": window_steps / elapsed, "images_per_s": images_per_s}
@@ -282,16 +335,74 @@ def _train_loop(
             )
             writer.scalars(step, {**summary, **rates})
             history, window_steps, window_start = [], 0, time.perf_counter()
-        if step % config.sample_every_steps == 0 or is_last:
+        stopping = _agreed_stop(stop, step, config)
+        if (step % config.sample_every_steps == 0 or is_last) and is_primary():
             path = write_sample_grid(unreplicate(replicated), workdir, step, writer)
             if on_samples is not None:
                 on_samples(step, path)
-        if step % config.checkpoint_every_steps == 0 or is_last or stop.requested:
+        if step % config.checkpoint_every_steps == 0 or is_last or stopping:
             host_state = jax.device_get(unreplicate(replicated))
             check_finite_state(host_state, step, last_saved)
             checkpointing.save(manager, host_state, config)
             last_saved = step
     return jax.device_get(unreplicate(replicated))
+
+
+def detect_cluster() -> str | None:
+    """The multi-process launcher this process runs under, if any (by its environment)."""
+    env = os.environ
+    if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return "SLURM"
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "Open MPI"
+    if len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+        return "TPU pod slice"
+    return None
+
+
+def initialize_distributed(
+    mode: str,
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    heartbeat_timeout_s: int,
+) -> None:
+    """Joins a multi-process run through jax.distributed, before any other JAX call.
+
+    mode "auto" joins when --coordinator_address is given or a launcher is detected
+    (SLURM, Open MPI, TPU pod slice), "on" always (JAX's own detection fills in what is
+    not given), "off" never. A process that stops sending heartbeats for
+    `heartbeat_timeout_s` seconds is declared dead and the others stop.
+    """
+    explicit = coordinator_address is not None
+    if (num_processes is not None or process_id is not None) and not explicit:
+        raise UserError(
+            "--num_processes and --process_id need --coordinator_address=HOST:PORT "
+            "(the address of process 0)."
+        )
+    cluster = detect_cluster()
+    if mode == "off" or (mode == "auto" and not explicit and cluster is None):
+        return
+    # CPU processes exchange gradients with gloo (GPUs and TPUs use their own collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address,
+            num_processes,
+            process_id,
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
+        )
+    except Exception as e:
+        raise UserError(
+            f"could not join the multi-process run ({cluster or coordinator_address or 'auto'}"
+            f"; {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). Fix: "
+            "start every process with the same --coordinator_address (process 0's HOST:PORT, "
+            "reachable from all) and --num_processes, and a distinct --process_id."
+        ) from e
+    log(
+        f"Process {jax.process_index()} of {jax.process_count()} ({cluster or 'explicit'}); "
+        f"{jax.device_count()} devices in all, {jax.local_device_count()} here."
+    )
 
 
 def main(argv) -> None:
@@ -300,16 +411,35 @@ def main(argv) -> None:
     if not flags.FLAGS["verbosity"].present:
         # Orbax and TFDS log every file operation at INFO; progress is printed instead.
         logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
     with exit_on_user_error(FloatingPointError):
+        initialize_distributed(
+            f.distributed, f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_s
+        )
         try:
-            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+            train_and_evaluate(f.config, f.workdir)
         except guards.TrainingInterrupted as e:
             print(str(e), file=sys.stderr)
             sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
+        except jax.errors.JaxRuntimeError as e:
+            if jax.process_count() == 1:
+                raise
+            print(
+                f"error: process {jax.process_index()}: a collective operation with the other "
+                f"processes failed ({str(e).splitlines()[0][:300]}); another process of this "
+                "run has probably died or been killed. Fix: restart all processes with the "
+                "same command; they resume from the newest checkpoint.",
+                file=sys.stderr,
+                flush=True,
+            )
+            # Skip jax.distributed's shutdown barrier: the dead process would never join it.
+            sys.stdout.flush()
+            os._exit(2)
 
 
 def define_flags() -> None:
-    """--config (an ml_collections config file, fields overridable) and --workdir."""
+    """--config (an ml_collections config file, fields overridable), --workdir, and the
+    multi-process flags."""
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file(
@@ -317,6 +447,21 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and TensorBoard logs.")
     flags.mark_flags_as_required(["config", "workdir"])
+    flags.DEFINE_enum(
+        "distributed",
+        "auto",
+        ["auto", "on", "off"],
+        "Join a multi-process run via jax.distributed: auto = when --coordinator_address is "
+        "given or SLURM / Open MPI / a TPU pod slice is detected.",
+    )
+    flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
+    flags.DEFINE_integer(
+        "num_processes", None, "Processes in the run (with --coordinator_address)."
+    )
+    flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+    flags.DEFINE_integer(
+        "heartbeat_s", 100, "Seconds without heartbeats after which a process counts as dead."
+    )
 
 
 if __name__ == "__main__":

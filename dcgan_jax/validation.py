@@ -97,7 +97,7 @@ def _field_problem(key: str, value) -> str | None:
         return f"must be a positive integer. Fix: --config.{key}=<positive integer>"
     if key in _BOOLS and not isinstance(value, bool):
         return f"must be True or False. Fix: --config.{key}=False"
-    if key in ("dataset", "data_dir", "d_head") and not isinstance(value, str):
+    if key in ("dataset", "data_dir", "d_head", "input_sharding") and not isinstance(value, str):
         return f"must be a string. Fix: --config.{key}=<text>"
     if key == "image_size" and (value < 16 or value & (value - 1)):
         return (
@@ -114,6 +114,11 @@ def _field_problem(key: str, value) -> str | None:
         return (
             f"is not a dataset this project reads. Fix: --config.dataset=<one of "
             f"{', '.join(DATASETS)}> or --config.dataset=folder:/path/to/images"
+        )
+    if key == "input_sharding" and value not in ("process_shares", "global_batches"):
+        return (
+            "must be 'process_shares' or 'global_batches'. "
+            "Fix: --config.input_sharding=process_shares"
         )
     if key == "d_head" and value not in ("conv", "linear"):
         return "must be 'conv' or 'linear'. Fix: --config.d_head=linear"
@@ -178,7 +183,7 @@ def check_workdir_writable(workdir: str) -> None:
     """Creates `workdir` if needed and proves a file can be written there."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test-{os.getpid()}")  # processes may share it
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)

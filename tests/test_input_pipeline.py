@@ -259,3 +259,15 @@ def test_grayscale_to_rgb_conversion():
     batch = _take(input_pipeline.create_dataset(config, num_devices=1), 1)[0]
     assert batch.shape == (1, 4, 16, 16, 3)
     np.testing.assert_array_equal(batch[..., 0], batch[..., 2])
+
+
+def test_global_batches_give_each_process_its_rows_of_the_same_stream():
+    config = tiny_config(batch_size=8, input_sharding="global_batches")
+    single = _take(input_pipeline.create_dataset(config, 2, process_index=0, process_count=1), 3)
+    parts = [
+        _take(input_pipeline.create_dataset(config, 1, process_index=p, process_count=2), 3)
+        for p in range(2)
+    ]
+    for step in range(3):
+        together = np.concatenate([parts[0][step], parts[1][step]])  # (2 processes x 1 device)
+        np.testing.assert_array_equal(together.reshape(8, -1), single[step].reshape(8, -1))

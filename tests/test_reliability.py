@@ -282,6 +282,7 @@ ACCEPTS = {
     "g_features": _POSITIVE,
     "d_features": _POSITIVE,
     "d_head": lambda v: v in ("conv", "linear") and isinstance(v, str),
+    "input_sharding": lambda v: v in ("process_shares", "global_batches") and isinstance(v, str),
     "fast_convolutions": lambda v: type(v) is bool,
     "half_precision": lambda v: type(v) is bool,
     "batch_size": lambda v: _POSITIVE(v) and v % NUM_DEVICES == 0,
@@ -306,7 +307,9 @@ ANY_VALUE = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, 2e-4, 0.5, 0.999, 1.0, -0.1]),
     st.text(max_size=12),
-    st.sampled_from([*DATASETS, "lsun/bedroom", "lsun/", "folder:/nonexistent", "conv", "x"]),
+    st.sampled_from(
+        [*DATASETS, "lsun/bedroom", "lsun/", "folder:/nonexistent", "conv", "x", "global_batches"]
+    ),
     st.lists(st.integers(), max_size=2),
 )
 
