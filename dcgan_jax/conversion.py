@@ -151,7 +151,8 @@ def load_into_state(state, g_state_dict: Mapping, d_state_dict: Mapping, config)
         networks[field] = train_state.replace(
             params=variables["params"], batch_stats=variables["batch_stats"]
         )
-    return state.replace(**networks)
+    # The EMA of the generator starts at the converted weights.
+    return state.replace(**networks, ema_params=networks["generator"].params)
 
 
 def state_to_torch(state, config) -> tuple[dict, dict]:

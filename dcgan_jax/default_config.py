@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.beta1 = 0.5
     config.beta2 = 0.999
     config.seed = 0  # 0 <= seed < 2**31; fixes initialisation, noise and data order
+    # Exponential moving average of the generator's weights, used for samples and
+    # evaluation: 0 = off (the weights themselves), e.g. 0.999 = an average over ~1,000
+    # steps. Checkpointed with the state.
+    config.ema_decay = 0.0
 
     # Outputs, in steps.
     config.log_every_steps = 100
@@ -61,6 +65,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_samples = 64  # images in each sample grid (the fixed noise)
     config.checkpoint_every_steps = 1000
     config.max_checkpoints = 3
+    # Evaluation during training (FID, Inception Score, KID; see dcgan_jax/evaluate.py):
+    # every eval_every_steps steps (0 = never) on eval_num_samples generated images; the
+    # best-FID state is kept in workdir/best_fid. fid_weights: the path of
+    # pt_inception-2015-12-05-6726825d.pth; empty = ~/.cache/dcgan_jax, downloaded once.
+    # Without the weights, evaluation is skipped with a warning and training goes on.
+    config.eval_every_steps = 0
+    config.eval_num_samples = 10_000
+    config.fid_weights = ""
+    # Training images the reference statistics are computed from (the first ones in file
+    # order), and where they are cached (empty = ~/.cache/dcgan_jax/fid_stats).
+    config.fid_reference_samples = 50_000
+    config.fid_stats_dir = ""
     # Non-finite losses are looked for at every log line (and parameters before every
     # checkpoint); this also checks every step, at the cost of a device sync per step.
     config.check_finite_every_step = False

@@ -1,14 +1,25 @@
-"""Draw images from a trained generator.
+"""Draw images from a trained generator (its EMA weights when the run keeps an EMA).
 
     python -m dcgan_jax.sample --workdir runs/cifar --num 64 --out grid.png
     python -m dcgan_jax.sample --workdir runs/cifar --z z.npy --out images.npy
+    python -m dcgan_jax.sample --workdir runs/cifar --num 50000 --format png --out gen/
+    python -m dcgan_jax.sample --workdir runs/cifar --num 50000 --format npz --out gen.npz
+    python -m dcgan_jax.sample --workdir runs/cifar --interpolate 8 --out walk.gif
 
 With --z, the latent vectors come from a (n, z_dim) float32 .npy file and the images are
 written as an (n, H, W, C) float32 .npy in [-1, 1] (exactly G(z) in inference mode, to
-compare with another implementation); otherwise --num random images are tiled into a PNG.
+compare with another implementation). `--format png` writes one PNG per image into a
+directory and `--format npz` one uint8 (n, H, W, C) array `images`, both generated and
+written --batch_size images at a time, never all in memory. --interpolate K draws K
+spherical walks between random latent pairs, --steps images each: a PNG grid (a walk per
+row) or an animated GIF.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
 
 import jax
 import numpy as np
@@ -34,19 +45,86 @@ def load_latents(path: str, z_dim: int) -> np.ndarray:
 
 
 def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: int | None):
+    """A grid (.png) or the raw float images (.npy) of --num random or the --z latents."""
     config, state = checkpointing.load_latest(workdir, step)
     if z_path:
         z = load_latents(z_path, config.z_dim)
     else:
         z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num, config.z_dim)))
-    images = np.asarray(sampling.generate_eval(state.generator, z), np.float32)
+    images = np.asarray(sampling.generate_eval(state.sampling_generator(), z), np.float32)
     if out.endswith(".npy"):
         np.save(out, images)
     elif out.endswith(".png"):
         sampling.save_png(sampling.make_grid(images), out)
     else:
-        raise UserError(f"--out {out!r} must end in .png (a grid) or .npy (the raw images).")
+        raise UserError(
+            f"--out {out!r} must end in .png (a grid) or .npy (the raw images); for many "
+            "images use --format png (a directory) or --format npz."
+        )
     print(f"Wrote {len(images)} images from step {int(state.step)} to {out}.")
+
+
+def _batches(state, z_dim: int, num: int, batch_size: int, seed: int):
+    generator = state.sampling_generator()
+    key = jax.random.PRNGKey(seed)
+    for start in range(0, num, batch_size):
+        count = min(batch_size, num - start)
+        z = jax.random.normal(jax.random.fold_in(key, start), (count, z_dim))
+        yield start, sampling.to_uint8(sampling.generate_eval(generator, z))
+
+
+def export(workdir: str, out: str, num: int, fmt: str, batch_size: int, seed: int, step):
+    """Writes `num` generated images as PNG files in directory `out`, or as a uint8 .npz,
+    batch by batch (memory use does not grow with `num`)."""
+    config, state = checkpointing.load_latest(workdir, step)
+    if num < 1 or batch_size < 1:
+        raise UserError("--num and --batch_size must be positive.")
+    if fmt == "png":
+        os.makedirs(out, exist_ok=True)
+        width = max(6, len(str(num - 1)))
+        for start, images in _batches(state, config.z_dim, num, batch_size, seed):
+            for i, image in enumerate(images):
+                sampling.save_png(image, os.path.join(out, f"{start + i:0{width}d}.png"))
+    elif fmt == "npz":
+        if not out.endswith(".npz"):
+            raise UserError(f"--out {out!r} must end in .npz with --format npz.")
+        shape = (num, config.image_size, config.image_size, config.channels)
+        directory = os.path.dirname(os.path.abspath(out))
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            array_path = os.path.join(tmp, "images.npy")
+            array = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape)
+            for start, images in _batches(state, config.z_dim, num, batch_size, seed):
+                array[start : start + len(images)] = images
+            array.flush()
+            del array
+            partial = os.path.join(tmp, "out.npz")
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                archive.write(array_path, "images.npy")  # streamed from disk
+            os.replace(partial, out)
+    else:
+        raise UserError(f"--format {fmt!r}: use png (a directory of files) or npz.")
+    print(f"Wrote {num} images from step {int(state.step)} to {out} ({fmt}).")
+
+
+def interpolate(workdir: str, out: str, num_walks: int, num_steps: int, seed: int, step):
+    """`num_walks` spherical latent walks of `num_steps` images: a PNG grid or a GIF."""
+    config, state = checkpointing.load_latest(workdir, step)
+    if num_walks < 1 or num_steps < 2:
+        raise UserError("--interpolate must be >= 1 and --steps >= 2.")
+    z = sampling.interpolation_latents(seed, num_walks, num_steps, config.z_dim)
+    images = np.asarray(sampling.generate_eval(state.sampling_generator(), z))
+    if out.endswith(".png"):
+        sampling.grid_image(images, num_columns=num_steps).save(out)
+    elif out.endswith(".gif"):
+        walks = images.reshape(num_walks, num_steps, *images.shape[1:])
+        # Frame t shows every walk at step t; the animation runs forth and back.
+        order = [*range(num_steps), *range(num_steps - 2, 0, -1)]
+        frames = [sampling.grid_image(walks[:, t]) for t in order]
+        frames[0].save(out, save_all=True, append_images=frames[1:], duration=120, loop=0)
+    else:
+        raise UserError(f"--out {out!r} must end in .png or .gif with --interpolate.")
+    print(f"Wrote {num_walks} latent walks of {num_steps} images to {out}.")
 
 
 def main(argv) -> None:
@@ -54,7 +132,12 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     with exit_on_user_error():
-        run(f.workdir, f.out, f.num, f.z, f.seed, f.step)
+        if f.interpolate:
+            interpolate(f.workdir, f.out, f.interpolate, f.steps, f.seed, f.step)
+        elif f.format:
+            export(f.workdir, f.out, f.num, f.format, f.batch_size, f.seed, f.step)
+        else:
+            run(f.workdir, f.out, f.num, f.z, f.seed, f.step)
 
 
 if __name__ == "__main__":
@@ -64,5 +147,9 @@ if __name__ == "__main__":
     flags.DEFINE_string("z", None, "Optional .npy of latent vectors, shape (n, z_dim).")
     flags.DEFINE_integer("seed", 0, "Seed for the random latent vectors.")
     flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+    flags.DEFINE_enum("format", "", ["", "png", "npz"], "Export --num images: png or npz.")
+    flags.DEFINE_integer("batch_size", 500, "Images generated per batch when exporting.")
+    flags.DEFINE_integer("interpolate", 0, "Number of latent walks to draw (0: none).")
+    flags.DEFINE_integer("steps", 10, "Images per latent walk.")
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

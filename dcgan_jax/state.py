@@ -34,11 +34,21 @@ class GANState:
     discriminator: TrainState
     rng: jax.Array  # a raw uint32 key, which checkpoints as a plain array
     fixed_noise: jax.Array  # (num_samples, z_dim), for the sample grids
+    # Exponential moving average of the generator's parameters, updated after every G
+    # step as ema <- decay * ema + (1 - decay) * params. With decay 0 it equals the
+    # parameters, so sampling and evaluation can always read `ema_params`.
+    ema_params: Any
+    ema_decay: jax.Array  # float32 scalar, from config.ema_decay
 
     @property
     def step(self) -> jax.Array:
         """Completed training steps (each updates both networks once)."""
         return self.generator.step
+
+    def sampling_generator(self) -> TrainState:
+        """The generator to sample and evaluate with: its EMA weights (the weights
+        themselves when the EMA is off) and its BatchNorm running statistics."""
+        return self.generator.replace(params=self.ema_params)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -72,9 +82,12 @@ def _create_state(config, generator: nn.Module, discriminator: nn.Module) -> GAN
     tx = make_optimizer(config)
     z = jnp.zeros((1, config.z_dim), jnp.float32)
     images = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
+    g_state = _init_network(generator, g_key, z, tx)
     return GANState(
-        generator=_init_network(generator, g_key, z, tx),
+        generator=g_state,
         discriminator=_init_network(discriminator, d_key, images, tx),
         rng=train_key,
         fixed_noise=jax.random.normal(noise_key, (config.num_samples, config.z_dim)),
+        ema_params=g_state.params,
+        ema_decay=jnp.asarray(config.ema_decay, jnp.float32),
     )

@@ -109,7 +109,10 @@ def train_step_with_noise(
     g_state, d_state, g_metrics = g_step(
         state.generator, g_batch_stats, d_state, fake, pullback, axis_name
     )
-    state = state.replace(generator=g_state, discriminator=d_state)
+    decay = state.ema_decay
+    # p + decay * (ema - p): exactly p when decay is 0.
+    ema = jax.tree_util.tree_map(lambda e, p: p + decay * (e - p), state.ema_params, g_state.params)
+    state = state.replace(generator=g_state, discriminator=d_state, ema_params=ema)
     return state, {**d_metrics, **g_metrics}
 
 

@@ -168,7 +168,7 @@ class SummaryWriter:
 
 def write_sample_grid(state: GANState, workdir: str, step: int, writer: SummaryWriter) -> str:
     """Generates the fixed-noise sample grid, saves it as a PNG and a TensorBoard image."""
-    images = sampling.generate_eval(state.generator, state.fixed_noise)
+    images = sampling.generate_eval(state.sampling_generator(), state.fixed_noise)
     grid = sampling.make_grid(images)
     path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
     try:
@@ -299,6 +299,18 @@ def _train_loop(
     replicated = replicate(state, devices)
     batches = prefetch_to_devices(dataset.as_numpy_iterator(), devices)
 
+    evaluator = None
+    if config.eval_every_steps:
+        if jax.process_count() == 1:
+            from dcgan_jax import evaluate
+
+            evaluator = evaluate.TrainingEvaluator(config, workdir, log)
+        else:
+            log(
+                "warning: evaluation during multi-process training is not supported; run "
+                "python -m dcgan_jax.evaluate on the workdir instead."
+            )
+
     history = []  # on-device metrics since the last log line
     window_start, window_steps = time.perf_counter(), 0  # timing excludes compilation
     stopping = False
@@ -340,6 +352,11 @@ def _train_loop(
             path = write_sample_grid(unreplicate(replicated), workdir, step, writer)
             if on_samples is not None:
                 on_samples(step, path)
+        if evaluator is not None and (step % config.eval_every_steps == 0 or is_last):
+            results = evaluator(unreplicate(replicated), step)
+            if results is not None:
+                names = ("fid", "inception_score", "kid")
+                writer.scalars(step, {f"eval/{name}": results[name] for name in names})
         if step % config.checkpoint_every_steps == 0 or is_last or stopping:
             host_state = jax.device_get(unreplicate(replicated))
             check_finite_state(host_state, step, last_saved)

@@ -36,8 +36,11 @@ _POSITIVE_INTS = (
     "checkpoint_every_steps",
     "max_checkpoints",
     "shuffle_buffer_size",
+    "eval_num_samples",
+    "fid_reference_samples",
 )
 _BOOLS = ("fast_convolutions", "half_precision", "check_finite_every_step")
+_STRINGS = ("dataset", "data_dir", "d_head", "input_sharding", "fid_weights", "fid_stats_dir")
 
 
 class UserError(Exception):
@@ -97,7 +100,7 @@ def _field_problem(key: str, value) -> str | None:
         return f"must be a positive integer. Fix: --config.{key}=<positive integer>"
     if key in _BOOLS and not isinstance(value, bool):
         return f"must be True or False. Fix: --config.{key}=False"
-    if key in ("dataset", "data_dir", "d_head", "input_sharding") and not isinstance(value, str):
+    if key in _STRINGS and not isinstance(value, str):
         return f"must be a string. Fix: --config.{key}=<text>"
     if key == "image_size" and (value < 16 or value & (value - 1)):
         return (
@@ -127,6 +130,14 @@ def _field_problem(key: str, value) -> str | None:
     if key in ("beta1", "beta2") and not (_is_real(value) and 0 <= value < 1):
         example = "0.5" if key == "beta1" else "0.999"
         return f"must be a number in [0, 1). Fix: e.g. --config.{key}={example}"
+    if key == "eval_every_steps" and (not _is_int(value) or value < 0):
+        return "must be 0 (no evaluation) or a positive integer. Fix: --config.eval_every_steps=0"
+    if key in ("eval_num_samples", "fid_reference_samples") and value < 2:
+        return f"must be at least 2 (FID needs a covariance). Fix: --config.{key}=10000"
+    if key == "ema_decay" and not (_is_real(value) and 0 <= value < 1):
+        return (
+            "must be a number in [0, 1) (0 turns the EMA off). Fix: e.g. --config.ema_decay=0.999"
+        )
     if key == "seed" and not (_is_int(value) and 0 <= value < 2**31):
         return "must be an integer in [0, 2**31). Fix: e.g. --config.seed=0"
     return None

@@ -1,0 +1,251 @@
+"""FID, Inception Score and KID of a trained generator.
+
+    python -m dcgan_jax.evaluate --workdir runs/cifar [--num_samples 10000] [--step N]
+        [--fid_weights pt_inception-2015-12-05-6726825d.pth]
+
+Generated images (the EMA generator when the run has one) and the training split's images,
+both at the model's resolution, go through the FID Inception-v3 (resized to 299x299) on the
+accelerator. The training split's statistics are computed once and cached as an .npz
+(mu, sigma, n and a subset of features for KID). Results are printed and written to
+workdir/eval/step_<N>.json. Training runs the same every `eval_every_steps`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import urllib.request
+
+import numpy as np
+from absl import app, flags
+
+from dcgan_jax import checkpointing, inception, metrics, sampling
+from dcgan_jax.validation import FOLDER_PREFIX, UserError, exit_on_user_error
+
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "dcgan_jax")
+KID_REFERENCE_FEATURES = 5_000  # reference features kept in the cache for KID
+
+
+def fid_weights_path(configured: str, download: bool = True) -> str:
+    """The FID Inception weight file: `configured` if given, else the cached copy, fetched
+    once from pytorch-fid's release when the network allows. UserError when unavailable."""
+    if configured:
+        if not os.path.isfile(configured):
+            raise UserError(
+                f"--config.fid_weights={configured!r} is not a file. Fix: pass the path of "
+                f"{inception.FID_WEIGHTS_NAME} (from {inception.FID_WEIGHTS_URL})."
+            )
+        return configured
+    cached = os.path.join(CACHE_DIR, inception.FID_WEIGHTS_NAME)
+    if os.path.isfile(cached):
+        return cached
+    problem = "downloading is off"
+    if download:
+        try:
+            os.makedirs(CACHE_DIR, exist_ok=True)
+            partial = f"{cached}.partial-{os.getpid()}"
+            with urllib.request.urlopen(inception.FID_WEIGHTS_URL, timeout=60) as response:
+                with open(partial, "wb") as f:
+                    f.write(response.read())
+            os.replace(partial, cached)  # a complete file or none
+            return cached
+        except OSError as e:  # URLError, timeouts and file errors are all OSErrors
+            problem = f"{type(e).__name__}: {e}"
+    raise UserError(
+        f"FID needs the Inception weights {inception.FID_WEIGHTS_NAME}, which are not in "
+        f"{CACHE_DIR} and could not be downloaded ({problem}). Fix: download "
+        f"{inception.FID_WEIGHTS_URL} where the internet is reachable and put it at {cached}, "
+        "or pass --config.fid_weights=/path/to/it."
+    )
+
+
+def load_features(weights: str = "", download: bool = True) -> metrics.InceptionFeatures:
+    """The Inception feature extractor with the FID weights."""
+    path = fid_weights_path(weights, download)
+    try:
+        variables = inception.variables_from_state_dict(inception.read_torch_state_dict(path))
+    except Exception as e:  # a wrong or damaged file fails in many ways
+        raise UserError(
+            f"{path} is not the FID Inception weight file ({type(e).__name__}: {e}). Fix: use "
+            f"{inception.FID_WEIGHTS_NAME} from {inception.FID_WEIGHTS_URL}."
+        ) from e
+    return metrics.InceptionFeatures(variables)
+
+
+def reference_cache_path(config, cache_dir: str, num_images: int) -> str:
+    """Where the training split's statistics for this data configuration are cached."""
+    dataset = config.dataset
+    if dataset.startswith(FOLDER_PREFIX):
+        # Folders are identified by their absolute path and their list of files.
+        from dcgan_jax import input_pipeline
+
+        folder = os.path.abspath(dataset[len(FOLDER_PREFIX) :])
+        files = "\n".join(input_pipeline.list_image_files(folder))
+        digest = hashlib.sha256(f"{folder}\n{files}".encode()).hexdigest()[:16]
+        dataset = f"folder-{os.path.basename(folder)}-{digest}"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
+    shape = f"{config.image_size}x{config.image_size}x{config.channels}"
+    return os.path.join(cache_dir, f"{name}_{shape}_crop{config.crop_size}_n{num_images}.npz")
+
+
+def reference_statistics(config, features: metrics.InceptionFeatures, batch_size: int = 200):
+    """{"mu", "sigma", "n", "kid_features"} of the training split's first
+    `config.fid_reference_samples` images (in file order), cached on disk."""
+    from dcgan_jax import input_pipeline
+
+    images, count = input_pipeline.source_images(config, 0, 1)
+    count = min(count, config.fid_reference_samples)
+    cache_dir = config.fid_stats_dir or os.path.join(CACHE_DIR, "fid_stats")
+    path = reference_cache_path(config, cache_dir, count)
+    if os.path.isfile(path):
+        with np.load(path) as cached:
+            return {key: cached[key] for key in cached.files}
+    batches = (
+        batch.astype(np.float32) / 127.5 - 1.0
+        for batch in images.take(count).batch(batch_size).as_numpy_iterator()
+    )
+    pool3, _ = features.of_batches(batches)
+    stats = metrics.feature_statistics(pool3)
+    stats["kid_features"] = pool3[:KID_REFERENCE_FEATURES].astype(np.float32)
+    os.makedirs(cache_dir, exist_ok=True)
+    partial = f"{path}.partial-{os.getpid()}.npz"
+    np.savez(partial, **stats)
+    os.replace(partial, path)
+    return stats
+
+
+def evaluate_generator(
+    g_state, z_dim: int, features, reference: dict, num_samples: int, batch_size: int = 200
+) -> dict[str, float]:
+    """FID, Inception Score and KID of `num_samples` images of `g_state` (fixed seed)."""
+    generate = lambda z: sampling.generate_eval(g_state, z)
+    batches = metrics.generated_batches(generate, z_dim, num_samples, batch_size, seed=0)
+    pool3, logits = features.of_batches(batches)
+    stats = metrics.feature_statistics(pool3)
+    fid = metrics.frechet_distance(stats["mu"], stats["sigma"], reference["mu"], reference["sigma"])
+    is_mean, is_std = metrics.inception_score(logits)
+    kid_mean, kid_std = metrics.kernel_inception_distance(pool3, reference["kid_features"])
+    return {
+        "fid": fid,
+        "inception_score": is_mean,
+        "inception_score_std": is_std,
+        "kid": kid_mean,
+        "kid_std": kid_std,
+        "num_samples": num_samples,
+        "num_reference": int(reference["n"]),
+    }
+
+
+def run(workdir: str, num_samples: int, step: int | None, weights: str) -> dict:
+    config, state = checkpointing.load_latest(workdir, step)
+    if num_samples < 2:
+        raise UserError("--num_samples must be at least 2 (FID needs a covariance).")
+    started = time.perf_counter()
+    features = load_features(weights or config.fid_weights)
+    reference = reference_statistics(config, features)
+    results = evaluate_generator(
+        state.sampling_generator(), config.z_dim, features, reference, num_samples
+    )
+    results["step"] = int(state.step)
+    results["ema_decay"] = float(config.ema_decay)
+    results["seconds"] = time.perf_counter() - started
+    out = os.path.join(workdir, "eval", f"step_{int(state.step):06d}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(format_results(results) + f"\nWrote {out}.")
+    return results
+
+
+def format_results(results: dict) -> str:
+    return (
+        f"step {results['step']}: FID {results['fid']:.2f} | Inception Score "
+        f"{results['inception_score']:.2f} +- {results['inception_score_std']:.2f} | KID "
+        f"{results['kid']:.4f} +- {results['kid_std']:.4f} ({results['num_samples']} samples "
+        f"vs {results['num_reference']} training images)"
+    )
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    with exit_on_user_error():
+        run(f.workdir, f.num_samples, f.step, f.fid_weights)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "Training run directory (its checkpoints/ are read).")
+    flags.DEFINE_integer("num_samples", 10_000, "Generated images to evaluate.")
+    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+    flags.DEFINE_string("fid_weights", "", "Path of pt_inception-2015-12-05-6726825d.pth.")
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)
+
+
+class TrainingEvaluator:
+    """Evaluation inside a training run: every `eval_every_steps`, FID/IS/KID of the
+    sampling generator, logged and written to workdir/eval; the best-FID state is kept as a
+    checkpoint in workdir/best_fid (itself a workdir: sample, evaluate and convert read it).
+
+    Missing FID weights or reference data disable evaluation for the run with a warning;
+    they never stop training.
+    """
+
+    def __init__(self, config, workdir: str, log):
+        self._config, self._workdir, self._log = config, workdir, log
+        self._features = self._reference = None
+        self._disabled = False
+        self._best_path = os.path.join(workdir, "best_fid", "best.json")
+        self.best_fid = float("inf")
+        if os.path.isfile(self._best_path):
+            with open(self._best_path) as f:
+                self.best_fid = json.load(f)["fid"]
+
+    def __call__(self, state, step: int) -> dict | None:
+        if self._disabled:
+            return None
+        config = self._config
+        if self._features is None:
+            try:
+                self._features = load_features(config.fid_weights)
+                self._reference = reference_statistics(config, self._features)
+            except UserError as e:
+                self._log(f"warning: evaluation is off for this run: {e}")
+                self._disabled = True
+                return None
+        started = time.perf_counter()
+        results = evaluate_generator(
+            state.sampling_generator(),
+            config.z_dim,
+            self._features,
+            self._reference,
+            config.eval_num_samples,
+        )
+        results.update(step=step, seconds=time.perf_counter() - started)
+        out = os.path.join(self._workdir, "eval", f"step_{step:06d}.json")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(results, f, indent=2)
+        if results["fid"] < self.best_fid:
+            self.best_fid = results["fid"]
+            self._save_best(state, results)
+            results["new_best"] = True
+        self._log(format_results(results) + (" (best so far)" if results.get("new_best") else ""))
+        return results
+
+    def _save_best(self, state, results: dict) -> None:
+        best_dir = os.path.dirname(self._best_path)
+        manager = checkpointing.make_manager(best_dir, max_to_keep=1)
+        try:
+            checkpointing.save(manager, state, self._config)
+            checkpointing.finish_writes(manager)
+        finally:
+            manager.close()
+        partial = f"{self._best_path}.partial"
+        with open(partial, "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(partial, self._best_path)

@@ -1,0 +1,414 @@
+"""FID/IS/KID, the FID Inception-v3, evaluation, the EMA generator and sample export."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from dcgan_jax import checkpointing, evaluate, inception, metrics, steps, train
+from dcgan_jax.state import create_state
+from dcgan_jax.validation import UserError
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# --- statistics -------------------------------------------------------------------------
+
+
+def _pytorch_fid_formula(mu1, sigma1, mu2, sigma2):
+    """The computation of pytorch-fid / TTUR: scipy's sqrtm of the product, real part."""
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    diff = mu1 - mu2
+    return diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real)
+
+
+def test_frechet_distance_matches_scipy_and_is_zero_for_identical_sets():
+    rng = np.random.default_rng()
+    for _ in range(3):
+        a = rng.standard_normal((600, 48))
+        b = rng.standard_normal((500, 48)) @ rng.standard_normal((48, 48)) * 0.4 + 0.3
+        sa, sb = metrics.feature_statistics(a), metrics.feature_statistics(b)
+        ours = metrics.frechet_distance(sa["mu"], sa["sigma"], sb["mu"], sb["sigma"])
+        theirs = _pytorch_fid_formula(sa["mu"], sa["sigma"], sb["mu"], sb["sigma"])
+        assert abs(ours - theirs) <= 1e-9 * theirs
+        assert metrics.frechet_distance(sa["mu"], sa["sigma"], sa["mu"], sa["sigma"]) < 1e-9
+    # Shifting every feature by c adds ||c||^2 and nothing else.
+    shifted = metrics.feature_statistics(a + 2.0)
+    fd = metrics.frechet_distance(sa["mu"], sa["sigma"], shifted["mu"], shifted["sigma"])
+    assert abs(fd - 4.0 * 48) < 1e-6
+
+
+def test_inception_score_extremes():
+    # Confident and spread over 1008 classes: the score is the number of classes per split.
+    confident = np.full((1008 * 10, 1008), -50.0)
+    confident[np.arange(1008 * 10), np.tile(np.arange(1008), 10)] = 50.0
+    mean, std = metrics.inception_score(confident, num_splits=10)
+    assert abs(mean - 1008) < 1e-6 * 1008 and std < 1e-6
+    # The same prediction for every image: no information, score 1.
+    same = np.tile(np.random.default_rng(0).standard_normal(1008), (500, 1))
+    assert abs(metrics.inception_score(same)[0] - 1.0) < 1e-9
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((800, 32)), rng.standard_normal((800, 32))
+    same, _ = metrics.kernel_inception_distance(a, b, num_subsets=20, subset_size=400)
+    other, _ = metrics.kernel_inception_distance(a, b + 0.5, num_subsets=20, subset_size=400)
+    assert abs(same) < 0.01 and other > 0.1
+
+
+# --- the network ------------------------------------------------------------------------
+
+# Shapes of pytorch-fid's FIDInceptionV3 state dict (PyTorch layout), one or two per block.
+KNOWN_SHAPES = {
+    "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
+    "Conv2d_4a_3x3.bn.running_var": (192,),
+    "Mixed_5b.branch5x5_2.conv.weight": (64, 48, 5, 5),
+    "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1),
+    "Mixed_6a.branch3x3.conv.weight": (384, 288, 3, 3),
+    "Mixed_6e.branch7x7dbl_5.conv.weight": (192, 192, 1, 7),
+    "Mixed_7a.branch3x3_2.conv.weight": (320, 192, 3, 3),
+    "Mixed_7b.branch3x3dbl_3b.conv.weight": (384, 384, 3, 1),
+    "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1),
+    "fc.weight": (1008, 2048),
+    "fc.bias": (1008,),
+}
+
+
+def test_fid_inception_has_the_reference_parameter_count_and_layout():
+    variables = inception.random_variables()
+    # torchvision's Inception-v3 without the auxiliary head (23,834,568) with a 1008-way fc.
+    assert inception.count_parameters(variables) == inception.NUM_PARAMETERS == 23_850_960
+    state_dict = inception.state_dict_from_variables(variables)
+    assert len(state_dict) == 94 * 5 + 2  # 94 conv+BN layers (w, BN w/b/mean/var) + fc
+    for name, shape in KNOWN_SHAPES.items():
+        assert state_dict[name].shape == shape, name
+
+
+def test_weight_file_loads_without_torch_by_name(tmp_path):
+    torch = pytest.importorskip("torch")
+    state_dict = inception.state_dict_from_variables(inception.random_variables(seed=3))
+    tensors = {name: torch.from_numpy(value.copy()) for name, value in state_dict.items()}
+    tensors["Conv2d_1a_3x3.bn.num_batches_tracked"] = torch.tensor(0)  # torchvision has these
+    path = tmp_path / inception.FID_WEIGHTS_NAME
+    torch.save(tensors, path)
+    read = inception.read_torch_state_dict(str(path))
+    for name, value in state_dict.items():
+        np.testing.assert_array_equal(read[name], value)
+    variables = inception.variables_from_state_dict(read)
+    assert inception.count_parameters(variables) == inception.NUM_PARAMETERS
+
+    del tensors["Mixed_7c.branch_pool.conv.weight"]
+    torch.save(tensors, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="does not have the FID Inception-v3 layout"):
+        inception.variables_from_state_dict(
+            inception.read_torch_state_dict(str(tmp_path / "wrong.pth"))
+        )
+
+
+def test_resize_matches_pytorch_bilinear():
+    torch = pytest.importorskip("torch")
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    ours = np.asarray(inception.resize_for_inception(images))
+    theirs = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(images).permute(0, 3, 1, 2),
+            size=(299, 299),
+            mode="bilinear",
+            align_corners=False,
+        )
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+
+
+def _keras_index(name: str) -> int:
+    match = re.search(r"_(\d+)$", name)
+    return int(match.group(1)) if match else 0
+
+
+def test_features_agree_with_keras_inception_v3():
+    """An independent implementation: Keras' InceptionV3, given the same random weights.
+
+    Keras' network is the FID graph except for two details: its BatchNorm has no scale
+    (so the scales are set to 1 here) and the last block (Mixed_7c) pools its pool branch
+    with an average instead of a max. Mixed_7b's output (mixed9) is compared directly; the
+    last block is compared in its Keras (average-pool) form on the same input.
+    """
+    tf = pytest.importorskip("tensorflow")
+    keras_model = tf.keras.applications.InceptionV3(
+        include_top=False, weights=None, input_shape=(299, 299, 3)
+    )
+    convs = sorted(
+        (layer for layer in keras_model.layers if isinstance(layer, tf.keras.layers.Conv2D)),
+        key=lambda layer: _keras_index(layer.name),
+    )
+    norms = {
+        _keras_index(layer.name): layer
+        for layer in keras_model.layers
+        if isinstance(layer, tf.keras.layers.BatchNormalization)
+    }
+    variables = inception.random_variables(seed=1)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, x: np.ones_like(x) if path[-1].key == "scale" else x, variables
+    )
+    # Keras creates its layers in the order torchvision (and our modules) call them.
+    call_order = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, inception.BasicConv) and context.method_name == "__call__":
+            call_order.append(context.module.path)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(
+            inception.FIDInceptionV3().init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3))
+        )
+    assert len(call_order) == len(convs) == 94
+    for conv, path in zip(convs, call_order, strict=True):
+        params, stats = variables["params"], variables["batch_stats"]
+        for key in path:
+            params, stats = params[key], stats[key]
+        conv.kernel.assign(params["conv"]["kernel"])
+        norm = norms[_keras_index(conv.name)]
+        norm.beta.assign(params["bn"]["bias"])
+        norm.moving_mean.assign(stats["bn"]["mean"])
+        norm.moving_variance.assign(stats["bn"]["var"])
+
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 299, 299, 3)).astype(np.float32)
+    keras_outputs = tf.keras.Model(
+        keras_model.input, [keras_model.get_layer(n).output for n in ("mixed9", "mixed10")]
+    )(images, training=False)
+    keras_mixed9, keras_mixed10 = (np.asarray(x) for x in keras_outputs)
+    _, state = jax.jit(
+        lambda v, x: inception.FIDInceptionV3().apply(v, x, capture_intermediates=True)
+    )(variables, images)
+    ours_mixed9 = np.asarray(state["intermediates"]["Mixed_7b"]["__call__"][0])
+    scale = np.abs(keras_mixed9).max()
+    assert np.abs(ours_mixed9 - keras_mixed9).max() <= 1e-5 * scale
+
+    last = {
+        "params": variables["params"]["Mixed_7c"],
+        "batch_stats": variables["batch_stats"]["Mixed_7c"],
+    }
+    ours_mixed10 = inception.InceptionE(max_pool_branch=False).apply(last, keras_mixed9)
+    assert (
+        np.abs(np.asarray(ours_mixed10) - keras_mixed10).max() <= 1e-5 * np.abs(keras_mixed10).max()
+    )
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+
+def _no_network(monkeypatch):
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError("no route to host (offline)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def test_evaluation_without_weights_offline_names_the_file(tmp_path, monkeypatch):
+    _no_network(monkeypatch)
+    monkeypatch.setattr(evaluate, "CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(UserError) as error:
+        evaluate.fid_weights_path("")
+    message = str(error.value)
+    assert inception.FID_WEIGHTS_NAME in message and inception.FID_WEIGHTS_URL in message
+    assert str(tmp_path / "cache") in message and "--config.fid_weights" in message
+
+
+def test_training_goes_on_without_fid_weights(tmp_path, monkeypatch, capsys):
+    _no_network(monkeypatch)
+    monkeypatch.setattr(evaluate, "CACHE_DIR", str(tmp_path / "cache"))
+    state = train.train_and_evaluate(tiny_config(eval_every_steps=2), str(tmp_path / "run"))
+    assert int(state.step) == 4
+    assert "warning: evaluation is off for this run" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def weight_file(tmp_path_factory):
+    """Random weights in pytorch-fid's file layout (the real file cannot be downloaded here)."""
+    torch = pytest.importorskip("torch")
+    state_dict = inception.state_dict_from_variables(inception.random_variables(seed=5))
+    path = tmp_path_factory.mktemp("weights") / inception.FID_WEIGHTS_NAME
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in state_dict.items()}, path)
+    return str(path)
+
+
+def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
+    stats_dir = tmp_path / "stats"
+    config = tiny_config(
+        num_train_steps=4,
+        eval_every_steps=2,
+        eval_num_samples=24,
+        fid_reference_samples=40,
+        fid_weights=weight_file,
+        fid_stats_dir=str(stats_dir),
+    )
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config, str(workdir))
+    output = capsys.readouterr().out
+    assert re.search(r"step 2: FID [\d.]+ \| Inception Score [\d.]+", output)
+    assert sorted(os.listdir(workdir / "eval")) == ["step_000002.json", "step_000004.json"]
+    results = [
+        json.loads((workdir / "eval" / n).read_text()) for n in sorted(os.listdir(workdir / "eval"))
+    ]
+    best = min(results, key=lambda r: r["fid"])
+    assert json.loads((workdir / "best_fid" / "best.json").read_text())["step"] == best["step"]
+    # best_fid is a workdir of its own: the best state, loadable like any checkpoint.
+    _, best_state = checkpointing.load_latest(str(workdir / "best_fid"))
+    assert int(best_state.step) == best["step"]
+    (cached,) = os.listdir(stats_dir)
+    with np.load(stats_dir / cached) as stats:
+        assert int(stats["n"]) == 40 and stats["sigma"].shape == (2048, 2048)
+
+    # The CLI gives the same numbers for step 4 (same seed, same cached reference).
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcgan_jax.evaluate",
+            "--workdir",
+            str(workdir),
+            "--num_samples",
+            "24",
+            "--fid_weights",
+            weight_file,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    again = json.loads((workdir / "eval" / "step_000004.json").read_text())
+    during = next(r for r in results if r["step"] == 4)
+    for key in ("fid", "inception_score", "kid"):
+        assert again[key] == pytest.approx(during[key], rel=1e-5), key
+    assert f"step 4: FID {again['fid']:.2f}" in result.stdout
+
+
+# --- EMA --------------------------------------------------------------------------------
+
+
+def _tree_equal(a, b) -> bool:
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    )
+
+
+def test_ema_follows_its_recurrence_and_is_the_weights_when_off():
+    from dcgan_jax import models
+
+    for decay in (0.0, 0.9):
+        config = tiny_config(ema_decay=decay)
+        state = create_state(config, *models.make_models(config))
+        real = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)
+        new, _ = jax.jit(steps.train_step)(state, real)
+        d = np.float32(decay)
+        expected = jax.tree_util.tree_map(
+            lambda p0, p1, d=d: p1 + d * (p0 - p1), state.generator.params, new.generator.params
+        )
+        for got, want in zip(
+            *(jax.tree_util.tree_leaves(t) for t in (new.ema_params, expected)), strict=True
+        ):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)
+        if decay == 0.0:
+            assert _tree_equal(new.ema_params, new.generator.params)
+            assert _tree_equal(new.sampling_generator().params, new.generator.params)
+        else:
+            assert not _tree_equal(new.ema_params, new.generator.params)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.99])
+def test_resume_is_exact_with_ema_on_and_off(tmp_path, decay):
+    config = lambda steps: tiny_config(num_train_steps=steps, ema_decay=decay)
+    straight = train.train_and_evaluate(config(4), str(tmp_path / "straight"))
+    train.train_and_evaluate(config(2), str(tmp_path / "resumed"))
+    resumed = train.train_and_evaluate(config(4), str(tmp_path / "resumed"))
+    assert checkpointing.state_digest(resumed) == checkpointing.state_digest(straight)
+    assert float(resumed.ema_decay) == pytest.approx(decay)
+
+
+# --- export -----------------------------------------------------------------------------
+
+
+def _sample_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "dcgan_jax.sample", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=300,
+    )
+
+
+def test_export_writes_the_requested_count_and_format(tmp_path):
+    from PIL import Image
+
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(tiny_config(num_train_steps=2), str(workdir))
+    result = _sample_cli(
+        "--workdir",
+        str(workdir),
+        "--num",
+        "23",
+        "--format",
+        "npz",
+        "--batch_size",
+        "5",
+        "--out",
+        str(tmp_path / "gen.npz"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with np.load(tmp_path / "gen.npz") as archive:
+        images = archive["images"]
+    assert images.shape == (23, 16, 16, 1) and images.dtype == np.uint8
+
+    result = _sample_cli(
+        "--workdir",
+        str(workdir),
+        "--num",
+        "23",
+        "--format",
+        "png",
+        "--batch_size",
+        "5",
+        "--out",
+        str(tmp_path / "pngs"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = sorted(os.listdir(tmp_path / "pngs"))
+    assert len(names) == 23 and names[0] == "000000.png" and names[-1] == "000022.png"
+    # Same seed, same batches: the PNGs hold the npz's images.
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "pngs" / names[7])), images[7, ..., 0]
+    )
+
+    for out in ("walk.png", "walk.gif"):
+        result = _sample_cli(
+            "--workdir",
+            str(workdir),
+            "--interpolate",
+            "3",
+            "--steps",
+            "5",
+            "--out",
+            str(tmp_path / out),
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(tmp_path / "walk.png").size == (5 * 18 + 2, 3 * 18 + 2)
+    assert Image.open(tmp_path / "walk.gif").n_frames == 5 + 3  # forth and back
