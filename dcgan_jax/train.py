@@ -429,6 +429,9 @@ def main(argv) -> None:
         # Orbax and TFDS log every file operation at INFO; progress is printed instead.
         logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
+    if f.compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        # Reruns and resumes reuse compiled programs instead of compiling them again.
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(f.compilation_cache))
     with exit_on_user_error(FloatingPointError):
         initialize_distributed(
             f.distributed, f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_s
@@ -476,6 +479,12 @@ def define_flags() -> None:
         "num_processes", None, "Processes in the run (with --coordinator_address)."
     )
     flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+    flags.DEFINE_string(
+        "compilation_cache",
+        "~/.cache/dcgan_jax/jax_cache",
+        "Directory of JAX's persistent compilation cache ('' turns it off; "
+        "JAX_COMPILATION_CACHE_DIR takes precedence).",
+    )
     flags.DEFINE_integer(
         "heartbeat_s", 100, "Seconds without heartbeats after which a process counts as dead."
     )

@@ -18,50 +18,34 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import commands
 
 
 def train_command(workdir: str, num_steps: int) -> list[str]:
-    overrides = {
-        "image_size": 16,
-        "z_dim": 8,
-        "g_features": 8,
-        "d_features": 8,
-        "batch_size": 8,
-        "num_train_steps": num_steps,
-        "checkpoint_every_steps": 1,
-        "max_checkpoints": 2,
-        "log_every_steps": 25,
-        "sample_every_steps": 10 * num_steps,
-        "num_samples": 4,
-    }
-    return [
-        sys.executable,
-        "-m",
-        "dcgan_jax.train",
-        "--config",
-        os.path.join(REPO, "configs", "digits.py"),
-        "--workdir",
+    """A tiny digits run that checkpoints after every step."""
+    return commands.train_command(
         workdir,
-        *(f"--config.{key}={value}" for key, value in overrides.items()),
-    ]
+        image_size=16,
+        z_dim=8,
+        g_features=8,
+        d_features=8,
+        batch_size=8,
+        num_train_steps=num_steps,
+        checkpoint_every_steps=1,
+        max_checkpoints=2,
+        log_every_steps=25,
+        sample_every_steps=10 * num_steps,
+        num_samples=4,
+    )
 
 
 def _environment(cache_dir: str) -> dict[str, str]:
-    # Restarts reuse compiled programs; XLA_FLAGS as in the tests (2 CPU devices).
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-        "JAX_COMPILATION_CACHE_DIR": cache_dir,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": REPO,
-    }
+    # Restarts reuse compiled programs.
+    return commands.environment(JAX_COMPILATION_CACHE_DIR=cache_dir)
 
 
 def _kill_once(command, env, rng: random.Random, workdir: str) -> dict:

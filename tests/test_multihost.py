@@ -4,14 +4,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 
 from dcgan_jax import checkpointing
+from tests import commands
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
     "image_size": 16,
     "z_dim": 8,
@@ -28,28 +27,11 @@ TINY = {
 
 
 def _command(workdir, num_steps, *extra):
-    overrides = {**TINY, "num_train_steps": num_steps}
-    return [
-        sys.executable,
-        "-m",
-        "dcgan_jax.train",
-        "--config",
-        os.path.join(REPO, "configs", "digits.py"),
-        "--workdir",
-        str(workdir),
-        *(f"--config.{k}={v}" for k, v in overrides.items()),
-        *extra,
-    ]
+    return commands.train_command(workdir, *extra, **TINY, num_train_steps=num_steps)
 
 
 def _env():
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",  # 2 devices per process
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": REPO,
-    }
+    return commands.environment()  # 2 CPU devices per process
 
 
 def _free_port() -> int:

@@ -361,36 +361,13 @@ def test_export_writes_the_requested_count_and_format(tmp_path):
 
     workdir = tmp_path / "run"
     train.train_and_evaluate(tiny_config(num_train_steps=2), str(workdir))
-    result = _sample_cli(
-        "--workdir",
-        str(workdir),
-        "--num",
-        "23",
-        "--format",
-        "npz",
-        "--batch_size",
-        "5",
-        "--out",
-        str(tmp_path / "gen.npz"),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    for fmt, out in (("npz", "gen.npz"), ("png", "pngs")):
+        args = ["--num", "23", "--format", fmt, "--batch_size", "5", "--out", str(tmp_path / out)]
+        result = _sample_cli("--workdir", str(workdir), *args)
+        assert result.returncode == 0, result.stderr[-2000:]
     with np.load(tmp_path / "gen.npz") as archive:
         images = archive["images"]
     assert images.shape == (23, 16, 16, 1) and images.dtype == np.uint8
-
-    result = _sample_cli(
-        "--workdir",
-        str(workdir),
-        "--num",
-        "23",
-        "--format",
-        "png",
-        "--batch_size",
-        "5",
-        "--out",
-        str(tmp_path / "pngs"),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
     names = sorted(os.listdir(tmp_path / "pngs"))
     assert len(names) == 23 and names[0] == "000000.png" and names[-1] == "000022.png"
     # Same seed, same batches: the PNGs hold the npz's images.

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from dcgan_jax import checkpointing, default_config, guards, input_pipeline, sampling, train
 from dcgan_jax.validation import DATASETS, ConfigError, UserError, validate_config
-from tests import kill_loop
+from tests import commands, kill_loop
 from tests.conftest import NUM_DEVICES, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = commands.REPO
 
 
 def _steps(workdir) -> list[int]:
@@ -364,20 +364,11 @@ def test_unknown_fields_are_refused_by_name(names):
 )
 def test_cli_refuses_bad_overrides_with_one_line(tmp_path, override, message):
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dcgan_jax.train",
-            "--config",
-            os.path.join(REPO, "configs", "digits.py"),
-            "--workdir",
-            str(tmp_path / "run"),
-            override,
-        ],
+        commands.train_command(tmp_path / "run", override),
         capture_output=True,
         text=True,
         cwd=str(tmp_path),
-        env={**os.environ, "PYTHONPATH": REPO},
+        env=commands.environment(),
         timeout=300,
     )
     assert result.returncode == 2

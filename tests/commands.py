@@ -1,0 +1,37 @@
+"""Command lines for the tests that run the CLIs in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_command(workdir, *args: str, **overrides) -> list[str]:
+    """`python -m dcgan_jax.train` on configs/digits.py in `workdir`, with `--config.key=value`
+    for each override, then `args`."""
+    return [
+        sys.executable,
+        "-m",
+        "dcgan_jax.train",
+        "--config",
+        os.path.join(REPO, "configs", "digits.py"),
+        "--workdir",
+        str(workdir),
+        *(f"--config.{key}={value}" for key, value in overrides.items()),
+        *args,
+    ]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a subprocess: 2 CPU devices (as in the tests), the
+    repository importable, quiet TensorFlow."""
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": REPO,
+        **extra,
+    }
