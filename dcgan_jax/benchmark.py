@@ -62,7 +62,7 @@ class JaxRunner:
     def __init__(self, config, batch: np.ndarray):
         devices = jax.local_devices()
         self.devices = devices
-        self.p_step = train.make_p_train_step(devices)
+        self.p_step = train.make_p_train_step(devices, update_ema=config.ema_decay > 0)
         self.state = train.replicate(train.init_state(config), devices)
         per_device = batch.reshape(len(devices), -1, *batch.shape[1:])
         self.batch = jax.device_put(per_device, train.device_sharding(devices))

@@ -35,8 +35,8 @@ class GANState:
     rng: jax.Array  # a raw uint32 key, which checkpoints as a plain array
     fixed_noise: jax.Array  # (num_samples, z_dim), for the sample grids
     # Exponential moving average of the generator's parameters, updated after every G
-    # step as ema <- decay * ema + (1 - decay) * params. With decay 0 it equals the
-    # parameters, so sampling and evaluation can always read `ema_params`.
+    # step as ema <- decay * ema + (1 - decay) * params while decay > 0 (not updated, and
+    # not used, when the EMA is off).
     ema_params: Any
     ema_decay: jax.Array  # float32 scalar, from config.ema_decay
 
@@ -45,10 +45,23 @@ class GANState:
         """Completed training steps (each updates both networks once)."""
         return self.generator.step
 
+    @property
+    def keeps_ema(self) -> bool:
+        return float(self.ema_decay) > 0  # host-side: read outside jit
+
     def sampling_generator(self) -> TrainState:
-        """The generator to sample and evaluate with: its EMA weights (the weights
-        themselves when the EMA is off) and its BatchNorm running statistics."""
-        return self.generator.replace(params=self.ema_params)
+        """The generator to sample and evaluate with: its EMA weights when the run keeps an
+        EMA, else its weights; with its BatchNorm running statistics either way."""
+        if self.keeps_ema:
+            return self.generator.replace(params=self.ema_params)
+        return self.generator
+
+    def with_ema_decay(self, decay: float) -> GANState:
+        """This state continuing under `decay` (a resumed run may switch the EMA on: it then
+        starts from the current weights)."""
+        switched_on = decay > 0 and not self.keeps_ema
+        ema_params = self.generator.params if switched_on else self.ema_params
+        return self.replace(ema_params=ema_params, ema_decay=jnp.asarray(decay, jnp.float32))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

@@ -101,18 +101,29 @@ def g_step(
 
 
 def train_step_with_noise(
-    state: GANState, real: jax.Array, z: jax.Array, axis_name: str | None = None
+    state: GANState,
+    real: jax.Array,
+    z: jax.Array,
+    axis_name: str | None = None,
+    update_ema: bool = False,
 ) -> tuple[GANState, Metrics]:
-    """One full DCGAN step (D update, then G update) on given real images and noise."""
+    """One full DCGAN step (D update, then G update) on given real images and noise.
+
+    With `update_ema` (static: the EMA costs a pass over G's parameters, skipped when the
+    run keeps none), `ema_params <- decay * ema_params + (1 - decay) * params`.
+    """
     fake, pullback, g_batch_stats = generate(state.generator, z)
     d_state, d_metrics = d_step(state.discriminator, real, fake, axis_name)
     g_state, d_state, g_metrics = g_step(
         state.generator, g_batch_stats, d_state, fake, pullback, axis_name
     )
-    decay = state.ema_decay
-    # p + decay * (ema - p): exactly p when decay is 0.
-    ema = jax.tree_util.tree_map(lambda e, p: p + decay * (e - p), state.ema_params, g_state.params)
-    state = state.replace(generator=g_state, discriminator=d_state, ema_params=ema)
+    state = state.replace(generator=g_state, discriminator=d_state)
+    if update_ema:
+        decay = state.ema_decay
+        ema = jax.tree_util.tree_map(
+            lambda e, p: p + decay * (e - p), state.ema_params, g_state.params
+        )
+        state = state.replace(ema_params=ema)
     return state, {**d_metrics, **g_metrics}
 
 
@@ -133,8 +144,8 @@ def step_noise(state: GANState, per_device_batch: int, axis_name: str | None) ->
 
 
 def train_step(
-    state: GANState, real: jax.Array, axis_name: str | None = None
+    state: GANState, real: jax.Array, axis_name: str | None = None, update_ema: bool = False
 ) -> tuple[GANState, Metrics]:
     """One DCGAN step on a batch of real images, with the step's own noise."""
     z = step_noise(state, real.shape[0], axis_name)
-    return train_step_with_noise(state, real, z, axis_name)
+    return train_step_with_noise(state, real, z, axis_name, update_ema)

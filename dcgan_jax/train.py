@@ -32,14 +32,14 @@ from dcgan_jax.validation import (
 AXIS_NAME = "batch"
 
 
-def make_p_train_step(devices=None):
+def make_p_train_step(devices=None, update_ema: bool = False):
     """`steps.train_step` data-parallel over `devices` (default: all devices of all
     processes; each process passes the arrays of its own devices).
 
     The state argument is donated: its buffers are reused for the new state.
     """
     return jax.pmap(
-        functools.partial(steps.train_step, axis_name=AXIS_NAME),
+        functools.partial(steps.train_step, axis_name=AXIS_NAME, update_ema=update_ema),
         axis_name=AXIS_NAME,
         devices=devices if jax.process_count() == 1 else None,
         donate_argnums=(0,),
@@ -264,6 +264,7 @@ def _train_locked(config, workdir: str, devices, on_samples) -> GANState:
             log(f"No checkpoint in {manager.directory}; starting from step 0.")
         else:
             log(f"Resumed from checkpoint at step {start_step} ({manager.directory}).")
+            state = state.with_ema_decay(config.ema_decay)  # ema_decay may change on resume
         dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
         writer = SummaryWriter(workdir) if is_primary() else _NoWriter()
         with guards.GracefulStop() as stop:
@@ -295,7 +296,7 @@ def _train_loop(
     """Steps until num_train_steps or a stop request; logs, samples and checkpoints."""
     start_step = step = int(state.step)
     last_saved = start_step if manager.latest_step() is not None else None
-    p_train_step = make_p_train_step(devices)
+    p_train_step = make_p_train_step(devices, update_ema=config.ema_decay > 0)
     replicated = replicate(state, devices)
     batches = prefetch_to_devices(dataset.as_numpy_iterator(), devices)
 

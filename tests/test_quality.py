@@ -1,5 +1,6 @@
 """FID/IS/KID, the FID Inception-v3, evaluation, the EMA generator and sample export."""
 
+import functools
 import json
 import os
 import re
@@ -309,27 +310,30 @@ def _tree_equal(a, b) -> bool:
     )
 
 
-def test_ema_follows_its_recurrence_and_is_the_weights_when_off():
+def test_ema_follows_its_recurrence_and_sampling_uses_it_only_when_on():
     from dcgan_jax import models
 
-    for decay in (0.0, 0.9):
-        config = tiny_config(ema_decay=decay)
-        state = create_state(config, *models.make_models(config))
-        real = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)
-        new, _ = jax.jit(steps.train_step)(state, real)
-        d = np.float32(decay)
-        expected = jax.tree_util.tree_map(
-            lambda p0, p1, d=d: p1 + d * (p0 - p1), state.generator.params, new.generator.params
-        )
-        for got, want in zip(
-            *(jax.tree_util.tree_leaves(t) for t in (new.ema_params, expected)), strict=True
-        ):
-            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)
-        if decay == 0.0:
-            assert _tree_equal(new.ema_params, new.generator.params)
-            assert _tree_equal(new.sampling_generator().params, new.generator.params)
-        else:
-            assert not _tree_equal(new.ema_params, new.generator.params)
+    real = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)
+    config = tiny_config(ema_decay=0.9)
+    state = create_state(config, *models.make_models(config))
+    new, _ = jax.jit(functools.partial(steps.train_step, update_ema=True))(state, real)
+    d = np.float32(0.9)
+    expected = jax.tree_util.tree_map(
+        lambda p0, p1: p1 + d * (p0 - p1), state.generator.params, new.generator.params
+    )
+    leaves = (jax.tree_util.tree_leaves(t) for t in (new.ema_params, expected))
+    for got, want in zip(*leaves, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)
+    assert not _tree_equal(new.ema_params, new.generator.params)
+    assert _tree_equal(new.sampling_generator().params, new.ema_params)
+
+    # A resumed run may change the decay (the average is kept) or switch the EMA off
+    # (sampling uses the weights); switching it on starts it from the current weights.
+    assert _tree_equal(new.with_ema_decay(0.5).ema_params, new.ema_params)
+    off = new.with_ema_decay(0.0)
+    assert _tree_equal(off.sampling_generator().params, off.generator.params)
+    on_again = off.with_ema_decay(0.5)
+    assert on_again.keeps_ema and _tree_equal(on_again.ema_params, off.generator.params)
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.99])
