@@ -50,6 +50,8 @@ def _environment(cache_dir: str) -> dict[str, str]:
 
 def _kill_once(command, env, rng: random.Random, workdir: str) -> dict:
     """Starts training, SIGKILLs it at a random moment; returns what the kill hit."""
+    partial_pattern = os.path.join(workdir, "checkpoints", "*tmp*")
+    partial_before = set(glob.glob(partial_pattern))  # left by the previous round
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
@@ -76,7 +78,7 @@ def _kill_once(command, env, rng: random.Random, workdir: str) -> dict:
         process.send_signal(signal.SIGKILL)
     process.wait()
     reader.join(timeout=10)
-    partial = glob.glob(os.path.join(workdir, "checkpoints", "*tmp*"))
+    partial = set(glob.glob(partial_pattern)) - partial_before
     if finished and process.returncode != 0:
         raise RuntimeError(f"training failed before the kill:\n{''.join(output)[-3000:]}")
     return {"phase": phase, "finished": finished, "partial_checkpoint": bool(partial)}
