@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from dcgan_jax import default_config
-from dcgan_jax.validation import UserError
+from dcgan_jax.validation import UserError, describe_error
 
 ITEMS = ("state", "config", "integrity")
 
@@ -76,7 +76,7 @@ def make_manager(workdir: str, max_to_keep: int | None = None) -> ocp.Checkpoint
 def _write_error(manager, e: Exception, step: int | None = None) -> UserError:
     kept = list(manager.all_steps())
     what = f"checkpoint {step}" if step is not None else "a checkpoint"
-    cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    cause = describe_error(e)
     if jax.process_count() > 1 and not isinstance(e, OSError):
         return UserError(
             f"process {jax.process_index()} could not write {what} to {manager.directory} "
@@ -167,7 +167,7 @@ def restore_state(manager: ocp.CheckpointManager, step: int, template):
     except Exception as e:
         raise UserError(
             f"checkpoint {step} in {manager.directory} does not fit this model or is damaged "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+            f"({describe_error(e)}). "
             "Fix: use a new --workdir, or the config that wrote it."
         ) from e
     if has_digest and restored["integrity"]["blake2b"] != state_digest(restored["state"]):

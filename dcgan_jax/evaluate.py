@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from dcgan_jax import checkpointing, inception, metrics, sampling
-from dcgan_jax.validation import FOLDER_PREFIX, UserError, exit_on_user_error
+from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error, exit_on_user_error
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "dcgan_jax")
 KID_REFERENCE_FEATURES = 5_000  # reference features kept in the cache for KID
@@ -53,7 +53,7 @@ def fid_weights_path(configured: str, download: bool = True) -> str:
             os.replace(partial, cached)  # a complete file or none
             return cached
         except OSError as e:  # URLError, timeouts and file errors are all OSErrors
-            problem = f"{type(e).__name__}: {e}"
+            problem = describe_error(e)
     raise UserError(
         f"FID needs the Inception weights {inception.FID_WEIGHTS_NAME}, which are not in "
         f"{CACHE_DIR} and could not be downloaded ({problem}). Fix: download "
@@ -69,7 +69,7 @@ def load_features(weights: str = "", download: bool = True) -> metrics.Inception
         variables = inception.variables_from_state_dict(inception.read_torch_state_dict(path))
     except Exception as e:  # a wrong or damaged file fails in many ways
         raise UserError(
-            f"{path} is not the FID Inception weight file ({type(e).__name__}: {e}). Fix: use "
+            f"{path} is not the FID Inception weight file ({describe_error(e)}). Fix: use "
             f"{inception.FID_WEIGHTS_NAME} from {inception.FID_WEIGHTS_URL}."
         ) from e
     return metrics.InceptionFeatures(variables)

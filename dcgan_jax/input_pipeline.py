@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from dcgan_jax.validation import FOLDER_PREFIX, UserError
+from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error
 
 # TensorFlow only feeds the input pipeline; it must leave accelerator memory to JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -104,8 +104,8 @@ def _tfds_images(name: str, data_dir: str | None, split: str) -> tf.data.Dataset
         ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
     except Exception as e:  # TFDS raises many kinds (connection, checksum, manual-dir) errors.
         raise UserError(
-            f"could not load TFDS dataset {name!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:300] if str(e) else ''}). " + _download_help(name, data_dir)
+            f"could not load TFDS dataset {name!r} ({describe_error(e, 300)}). "
+            + _download_help(name, data_dir)
         ) from e
     return ds.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -25,6 +25,7 @@ from dcgan_jax.state import GANState, create_state
 from dcgan_jax.validation import (
     UserError,
     check_workdir_writable,
+    describe_error,
     exit_on_user_error,
     validate_config,
 )
@@ -413,7 +414,7 @@ def initialize_distributed(
     except Exception as e:
         raise UserError(
             f"could not join the multi-process run ({cluster or coordinator_address or 'auto'}"
-            f"; {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). Fix: "
+            f"; {describe_error(e)}). Fix: "
             "start every process with the same --coordinator_address (process 0's HOST:PORT, "
             "reachable from all) and --num_processes, and a distinct --process_id."
         ) from e
@@ -447,7 +448,7 @@ def main(argv) -> None:
                 raise
             print(
                 f"error: process {jax.process_index()}: a collective operation with the other "
-                f"processes failed ({str(e).splitlines()[0][:300]}); another process of this "
+                f"processes failed ({describe_error(e, 300)}); another process of this "
                 "run has probably died or been killed. Fix: restart all processes with the "
                 "same command; they resume from the newest checkpoint.",
                 file=sys.stderr,

@@ -51,6 +51,13 @@ class ConfigError(UserError):
     """A config value that cannot work; the message names the key and the fix."""
 
 
+def describe_error(error: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` (at most `limit` characters of it), for embedding
+    a caught exception in a one-line error."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit] if lines else ''}"
+
+
 @contextlib.contextmanager
 def exit_on_user_error(*also: type[Exception]):
     """For CLIs: a UserError (or one of `also`) becomes one `error:` line and exit code 2."""
