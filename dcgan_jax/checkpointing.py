@@ -21,7 +21,6 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
 from dcgan_jax import default_config
 from dcgan_jax.validation import UserError, describe_error
@@ -207,8 +206,10 @@ def restore_newest_usable(manager: ocp.CheckpointManager, config, template, work
         if jax.process_index() == 0:  # one process moves; all see the result after the sync
             for bad_step, error in problems:
                 moved = _move_aside(manager, bad_step, workdir)
-                logging.warning("%s Moved it to %s; resuming from step %d.", error, moved, step)
-                print(f"warning: checkpoint {bad_step} is damaged; moved to {moved}.", flush=True)
+                print(
+                    f"warning: checkpoint {bad_step} is damaged; moved to {moved} ({error}).",
+                    flush=True,
+                )
         if problems:
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils

@@ -350,21 +350,26 @@ def _train_loop(
             writer.scalars(step, {**summary, **rates})
             history, window_steps, window_start = [], 0, time.perf_counter()
         stopping = _agreed_stop(stop, step, config)
-        if (step % config.sample_every_steps == 0 or is_last) and is_primary():
-            path = write_sample_grid(unreplicate(replicated), workdir, step, writer)
+        sample_now = (step % config.sample_every_steps == 0 or is_last) and is_primary()
+        eval_now = evaluator is not None and (step % config.eval_every_steps == 0 or is_last)
+        save_now = step % config.checkpoint_every_steps == 0 or is_last or stopping
+        if not (sample_now or eval_now or save_now):
+            continue
+        host_state = unreplicate(replicated)  # one device-to-host copy for all three
+        if sample_now:
+            path = write_sample_grid(host_state, workdir, step, writer)
             if on_samples is not None:
                 on_samples(step, path)
-        if evaluator is not None and (step % config.eval_every_steps == 0 or is_last):
-            results = evaluator(unreplicate(replicated), step)
+        if eval_now:
+            results = evaluator(host_state, step)
             if results is not None:
                 names = ("fid", "inception_score", "kid")
                 writer.scalars(step, {f"eval/{name}": results[name] for name in names})
-        if step % config.checkpoint_every_steps == 0 or is_last or stopping:
-            host_state = jax.device_get(unreplicate(replicated))
+        if save_now:
             check_finite_state(host_state, step, last_saved)
             checkpointing.save(manager, host_state, config)
             last_saved = step
-    return jax.device_get(unreplicate(replicated))
+    return unreplicate(replicated)
 
 
 def detect_cluster() -> str | None:
