@@ -13,6 +13,7 @@ per-epoch shuffles, and step t starts at example t * batch_size of that stream.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -146,8 +147,9 @@ def readable_images(paths: list[str]) -> list[str]:
     return [paths[int(i)] for i, _ in good.as_numpy_iterator()]
 
 
-def _folder_images(directory: str) -> tuple[tf.data.Dataset, int]:
-    """Decoded uint8 images of every readable image file under `directory`."""
+def _readable_folder_files(directory: str) -> list[str]:
+    """Every readable image file under `directory`, sorted (unreadable ones are counted in
+    a warning); UserError if there is none."""
     if not os.path.isdir(directory):
         raise UserError(
             f"image folder {directory!r} does not exist or is not a directory. "
@@ -176,8 +178,7 @@ def _folder_images(directory: str) -> tuple[tf.data.Dataset, int]:
         )
     else:
         logging.info("%s.", message)
-    ds = tf.data.Dataset.from_tensor_slices(good)
-    return ds.map(lambda p: _decode_file(p), num_parallel_calls=tf.data.AUTOTUNE), len(good)
+    return good
 
 
 def source_images(
@@ -198,12 +199,10 @@ def source_images(
         images = images[_process_share(len(images), process_index, process_count)]
         ds, num_examples = tf.data.Dataset.from_tensor_slices(images), len(images)
     elif config.dataset.startswith(FOLDER_PREFIX):
-        ds, total = _folder_images(config.dataset[len(FOLDER_PREFIX) :])
-        share = _process_share(total, process_index, process_count)
-        ds, num_examples = (
-            ds.skip(share.start).take(share.stop - share.start),
-            share.stop - share.start,
-        )
+        files = _readable_folder_files(config.dataset[len(FOLDER_PREFIX) :])
+        files = files[_process_share(len(files), process_index, process_count)]
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        ds, num_examples = ds.map(_decode_file, num_parallel_calls=tf.data.AUTOTUNE), len(files)
     else:
         split = "train"
         if process_count > 1:
@@ -216,9 +215,7 @@ def source_images(
         lambda image: _to_model_format(image, config.image_size, config.channels, config.crop_size),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    local_batch = config.batch_size // process_count
-    if config.input_sharding == "global_batches":
-        local_batch = config.batch_size
+    local_batch = config.batch_size // process_count  # process_count is 1 for global_batches
     if num_examples < local_batch:
         raise UserError(
             f"dataset {config.dataset!r} has {num_examples} examples"
@@ -355,11 +352,13 @@ def main(argv) -> None:
     cache = None if flags.FLAGS.cache else False
     with exit_on_user_error():
         validate_config(config, 1)
-        if flags.FLAGS.mock_data:
-            # TFDS's random examples of the dataset's real shapes: everything but decoding.
-            with tfds.testing.mock_data(num_examples=flags.FLAGS.mock_examples):
-                result = measure_throughput(config, flags.FLAGS.num_batches, cache)
-        else:
+        # --mock_data: TFDS's random examples of the dataset's real shapes (no decoding).
+        mock = flags.FLAGS.mock_data
+        with (
+            tfds.testing.mock_data(num_examples=flags.FLAGS.mock_examples)
+            if mock
+            else contextlib.nullcontext()
+        ):
             result = measure_throughput(config, flags.FLAGS.num_batches, cache)
     shape = f"{config.image_size}x{config.image_size}x{config.channels}"
     print(
