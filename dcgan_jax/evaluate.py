@@ -121,8 +121,7 @@ def evaluate_generator(
     g_state, z_dim: int, features, reference: dict, num_samples: int, batch_size: int = 200
 ) -> dict[str, float]:
     """FID, Inception Score and KID of `num_samples` images of `g_state` (fixed seed)."""
-    generate = lambda z: sampling.generate_eval(g_state, z)
-    batches = metrics.generated_batches(generate, z_dim, num_samples, batch_size, seed=0)
+    batches = sampling.generated_batches(g_state, z_dim, num_samples, batch_size, seed=0)
     pool3, logits = features.of_batches(batches)
     stats = metrics.feature_statistics(pool3)
     fid = metrics.frechet_distance(stats["mu"], stats["sigma"], reference["mu"], reference["sigma"])
@@ -139,13 +138,9 @@ def evaluate_generator(
     }
 
 
-def run(workdir: str, num_samples: int, step: int | None, weights: str) -> dict:
-    config, state = checkpointing.load_latest(workdir, step)
-    if num_samples < 2:
-        raise UserError("--num_samples must be at least 2 (FID needs a covariance).")
+def evaluate_and_record(state, config, features, reference, num_samples: int, workdir: str):
+    """Evaluates the state's sampling generator and writes workdir/eval/step_<N>.json."""
     started = time.perf_counter()
-    features = load_features(weights or config.fid_weights)
-    reference = reference_statistics(config, features)
     results = evaluate_generator(
         state.sampling_generator(), config.z_dim, features, reference, num_samples
     )
@@ -156,6 +151,16 @@ def run(workdir: str, num_samples: int, step: int | None, weights: str) -> dict:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
+    return results, out
+
+
+def run(workdir: str, num_samples: int, step: int | None, weights: str) -> dict:
+    config, state = checkpointing.load_latest(workdir, step)
+    if num_samples < 2:
+        raise UserError("--num_samples must be at least 2 (FID needs a covariance).")
+    features = load_features(weights or config.fid_weights)
+    reference = reference_statistics(config, features)
+    results, out = evaluate_and_record(state, config, features, reference, num_samples, workdir)
     print(format_results(results) + f"\nWrote {out}.")
     return results
 
@@ -205,7 +210,7 @@ class TrainingEvaluator:
             with open(self._best_path) as f:
                 self.best_fid = json.load(f)["fid"]
 
-    def __call__(self, state, step: int) -> dict | None:
+    def __call__(self, state) -> dict | None:
         if self._disabled:
             return None
         config = self._config
@@ -217,19 +222,9 @@ class TrainingEvaluator:
                 self._log(f"warning: evaluation is off for this run: {e}")
                 self._disabled = True
                 return None
-        started = time.perf_counter()
-        results = evaluate_generator(
-            state.sampling_generator(),
-            config.z_dim,
-            self._features,
-            self._reference,
-            config.eval_num_samples,
+        results, _ = evaluate_and_record(
+            state, config, self._features, self._reference, config.eval_num_samples, self._workdir
         )
-        results.update(step=step, seconds=time.perf_counter() - started)
-        out = os.path.join(self._workdir, "eval", f"step_{step:06d}.json")
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(results, f, indent=2)
         if results["fid"] < self.best_fid:
             self.best_fid = results["fid"]
             self._save_best(state, results)

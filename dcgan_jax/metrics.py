@@ -15,7 +15,7 @@ the statistics are computed on the host in float64:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import jax
 import numpy as np
@@ -117,18 +117,3 @@ class InceptionFeatures:
             pool3.append(p)
             logits.append(lg)
         return np.concatenate(pool3), np.concatenate(logits)
-
-
-def generated_batches(
-    generate: Callable[[np.ndarray], np.ndarray],
-    z_dim: int,
-    num_samples: int,
-    batch_size: int,
-    seed: int,
-):
-    """Generator outputs for `num_samples` fixed-seed latents, batch by batch."""
-    key = jax.random.PRNGKey(seed)
-    for start in range(0, num_samples, batch_size):
-        count = min(batch_size, num_samples - start)
-        z = jax.random.normal(jax.random.fold_in(key, start), (count, z_dim))
-        yield np.asarray(generate(z))

@@ -65,12 +65,10 @@ def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: i
 
 
 def _batches(state, z_dim: int, num: int, batch_size: int, seed: int):
-    generator = state.sampling_generator()
-    key = jax.random.PRNGKey(seed)
-    for start in range(0, num, batch_size):
-        count = min(batch_size, num - start)
-        z = jax.random.normal(jax.random.fold_in(key, start), (count, z_dim))
-        yield start, sampling.to_uint8(sampling.generate_eval(generator, z))
+    """(index of the first image, uint8 images) of the sampling generator, batch by batch."""
+    batches = sampling.generated_batches(state.sampling_generator(), z_dim, num, batch_size, seed)
+    for start, images in zip(range(0, num, batch_size), batches, strict=True):
+        yield start, sampling.to_uint8(images)
 
 
 def export(workdir: str, out: str, num: int, fmt: str, batch_size: int, seed: int, step):

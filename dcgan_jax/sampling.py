@@ -40,6 +40,17 @@ def make_grid(images, num_columns: int | None = None, padding: int = 2) -> np.nd
     return grid
 
 
+def generated_batches(g_state: TrainState, z_dim: int, num: int, batch_size: int, seed: int):
+    """G(z) in inference mode for `num` latents drawn from `seed`, `batch_size` at a time
+    (float images in [-1, 1]); batch b's latents come from fold_in(key, b * batch_size), so
+    the images do not depend on anything but the seed and the batch size."""
+    key = jax.random.PRNGKey(seed)
+    for start in range(0, num, batch_size):
+        count = min(batch_size, num - start)
+        z = jax.random.normal(jax.random.fold_in(key, start), (count, z_dim))
+        yield np.asarray(generate_eval(g_state, z))
+
+
 def grid_image(images, num_columns: int | None = None) -> Image.Image:
     """(N, H, W, C) images in [-1, 1] as one PIL image (for notebooks and files)."""
     grid = make_grid(images, num_columns)

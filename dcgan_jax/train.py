@@ -361,7 +361,7 @@ def _train_loop(
             if on_samples is not None:
                 on_samples(step, path)
         if eval_now:
-            results = evaluator(host_state, step)
+            results = evaluator(host_state)
             if results is not None:
                 names = ("fid", "inception_score", "kid")
                 writer.scalars(step, {f"eval/{name}": results[name] for name in names})
