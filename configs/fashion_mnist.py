@@ -2,27 +2,21 @@
 
     python -m dcgan_jax.train --config configs/fashion_mnist.py --workdir runs/fashion_mnist
 
-The MNIST model and schedule (configs/mnist.py) on TFDS `fashion_mnist` (~30 MB download).
+The MNIST model and schedule (configs/mnist.py, read from there) on TFDS `fashion_mnist`
+(~30 MB download).
 Compute: 5,000 steps x 64 images x 0.68 GFLOP = 0.22 PFLOP. On a Colab T4 (8 TFLOP/s fp32
 peak) that is an estimated 1-3 minutes of training at 25-50% utilisation, plus start-up; not
 yet measured on a GPU (none was available to this project's sessions so far).
 """
 
+import os
+
 from dcgan_jax import default_config
 
 
 def get_config():
-    config = default_config.get_config()
+    # Loaded by path, so this file works from any directory (configs/ is not a package).
+    mnist = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist.py")
+    config = default_config.load_config_file(mnist)
     config.dataset = "fashion_mnist"
-    config.image_size = 32
-    config.channels = 1
-    config.z_dim = 100
-    config.g_features = 128  # hidden widths 512, 256, 128
-    config.d_features = 64  # widths 64, 128, 256
-    config.d_head = "linear"
-    config.batch_size = 64
-    config.num_train_steps = 5_000
-    config.learning_rate = 2e-4
-    config.beta1 = 0.5
-    config.beta2 = 0.999
     return config
