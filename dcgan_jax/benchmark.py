@@ -3,6 +3,8 @@
     python -m dcgan_jax.benchmark --config configs/cifar.py [--batch_size 64]
         [--precision fp32|bf16] [--windows 7] [--steps_per_window 5] [--torch_compile]
         [--json results.json]
+    python -m dcgan_jax.benchmark --suite --out DIR    # an accelerator, measured (see
+                                                       # benchmark_suite.py)
 
 Both sides train the same architecture on the same synthetic batch, already on the device
 (PyTorch on CUDA when present, else CPU). Timed windows alternate JAX, PyTorch, JAX, ... so
@@ -12,7 +14,11 @@ Needs no TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import math
+import os
 import platform
 import resource
 import statistics
@@ -55,27 +61,52 @@ def step_flops_per_image(config) -> float:
 
 
 class JaxRunner:
-    """The training step exactly as `train.py` runs it (pmap over all local devices)."""
+    """The training step exactly as `train.py` runs it (pmap over all local devices).
 
-    name = "jax"
+    `convolutions` overrides the config's formulation ("matmul" or "lax"); the runner is
+    named after it ("jax matmul") when given. The step is compiled ahead of time, so that
+    its memory footprint can be read from the compiled executable.
+    """
 
-    def __init__(self, config, batch: np.ndarray):
+    def __init__(self, config, batch: np.ndarray, convolutions: str | None = None):
+        self.name = "jax" if convolutions is None else f"jax {convolutions}"
+        if convolutions is not None:
+            config = config.copy_and_resolve_references()
+            with config.unlocked():
+                config.convolutions = convolutions
         devices = jax.local_devices()
         self.devices = devices
-        self.p_step = train.make_p_train_step(devices, update_ema=config.ema_decay > 0)
-        self.state = train.replicate(train.init_state(config), devices)
+        state = train.replicate(train.init_state(config), devices)
         per_device = batch.reshape(len(devices), -1, *batch.shape[1:])
         self.batch = jax.device_put(per_device, train.device_sharding(devices))
-        self.metrics = None
+        p_step = train.make_p_train_step(devices, update_ema=config.ema_decay > 0)
+        try:
+            self.step = p_step.lower(state, self.batch).compile()
+        except Exception:  # pmap's ahead-of-time path differs between JAX versions
+            self.step = p_step
+        self.state, self.metrics = state, None
 
     def run(self, num_steps: int) -> None:
         for _ in range(num_steps):
-            self.state, self.metrics = self.p_step(self.state, self.batch)
+            self.state, self.metrics = self.step(self.state, self.batch)
         jax.block_until_ready(self.metrics)
 
     def peak_memory_bytes(self) -> int | None:
-        stats = self.devices[0].memory_stats() or {}
-        return stats.get("peak_bytes_in_use")
+        """The compiled step's device memory: its arguments (the state and the batch), its
+        temporaries and its outputs, less the outputs that reuse donated arguments."""
+        try:
+            m = self.step.memory_analysis()  # AttributeError without the AOT path
+            if isinstance(m, (list, tuple)):
+                m = m[0]
+            total = (
+                m.argument_size_in_bytes
+                + m.output_size_in_bytes
+                + m.temp_size_in_bytes
+                - m.alias_size_in_bytes
+            )
+            return int(total) // len(self.devices)
+        except Exception:  # not every backend and version reports it
+            return None
 
     def device_name(self) -> str:
         d = self.devices[0]
@@ -83,7 +114,11 @@ class JaxRunner:
 
 
 class TorchRunner:
-    """pytorch/examples' training iteration (torch_reference.train_step), eager or compiled."""
+    """pytorch/examples' training iteration (torch_reference.train_step), eager or compiled.
+
+    As in the JAX step, the metrics stay on the device (no host sync inside a window), and
+    under bf16 only the forward passes are autocast.
+    """
 
     def __init__(self, config, batch: np.ndarray, bf16: bool, compile_models: bool):
         import torch
@@ -93,37 +128,96 @@ class TorchRunner:
         self.torch = torch
         self.name = "torch.compile" if compile_models else "torch"
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            # As pytorch/examples does: cuDNN picks its fastest algorithm per shape.
+            torch.backends.cudnn.benchmark = True
+            torch.cuda.synchronize()
+            allocated_before = torch.cuda.memory_allocated()
         net_g, net_d, _, _ = torch_reference.build(config)
         net_g, net_d = net_g.to(self.device), net_d.to(self.device)
         self.opt_g, self.opt_d = torch_reference.make_optimizers(config, net_g, net_d)
         if compile_models:
-            net_g, net_d = torch.compile(net_g), torch.compile(net_d)
+            # A fresh start for each runner: dynamo's caches are keyed on the forward's code
+            # object, shared by every model built here, and would otherwise fill up over
+            # the suite's shapes or switch to slower shape-generic kernels.
+            torch._dynamo.reset()
+            net_g = torch.compile(net_g, dynamic=False)
+            net_d = torch.compile(net_d, dynamic=False)
         self.net_g, self.net_d = net_g, net_d
         self.step_fn = torch_reference.train_step
         self.real = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(
             self.device
         )
         self.noise = torch.randn(batch.shape[0], config.z_dim, device=self.device)
-        self.bf16 = bf16
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.cuda.reset_peak_memory_stats()
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        self.peak_bytes = None
+        if self.cuda:
+            self.persistent_bytes = torch.cuda.memory_allocated() - allocated_before
 
     def run(self, num_steps: int) -> None:
         torch = self.torch
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            for _ in range(num_steps):
-                self.step_fn(self.net_g, self.net_d, self.opt_g, self.opt_d, self.real, self.noise)
-        if self.device.type == "cuda":
+        if self.cuda:
+            # This runner's own peak: what the window allocated beyond what was allocated
+            # when it began (the other runners' tensors included), plus its own persistent
+            # tensors (weights, gradients, Adam moments, batch) as counted after the window.
             torch.cuda.synchronize()
+            start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(num_steps):
+            self.step_fn(
+                self.net_g,
+                self.net_d,
+                self.opt_g,
+                self.opt_d,
+                self.real,
+                self.noise,
+                autocast_dtype=self.autocast_dtype,
+            )
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.persistent_bytes = max(self.persistent_bytes, self._own_bytes())
+            peak = torch.cuda.max_memory_allocated() - start + self.persistent_bytes
+            self.peak_bytes = max(self.peak_bytes or 0, peak)
+
+    def _own_bytes(self) -> int:
+        tensors = [self.real, self.noise]
+        for net, opt in ((self.net_g, self.opt_g), (self.net_d, self.opt_d)):
+            for p in net.parameters():
+                tensors.append(p)
+                if p.grad is not None:
+                    tensors.append(p.grad)
+            tensors += [t for s in opt.state.values() for t in s.values() if t.dim() > 0]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def peak_memory_bytes(self) -> int | None:
-        if self.device.type == "cuda":
-            return int(self.torch.cuda.max_memory_allocated())
-        return None
+        return self.peak_bytes
+
+    def reset_peak_memory(self) -> None:
+        """Forget the peaks so far: the first steps' include cuDNN's autotuning workspace
+        (cudnn.benchmark tries algorithms with gigabytes of scratch), not the step's own."""
+        self.peak_bytes = None
+
+    def kernel_ms_per_step(self, num_steps: int = 10) -> float | None:
+        """Device time in kernels per step (torch.profiler), None off CUDA: beside the
+        step's wall time it shows whether the step is bound by the GPU or by the host
+        launching its kernels."""
+        if not self.cuda:
+            return None
+        from torch.profiler import ProfilerActivity, profile
+
+        self.run(2)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            self.run(num_steps)
+        total_us = 0.0
+        for event in prof.key_averages():
+            total_us += getattr(event, "self_device_time_total", None) or getattr(
+                event, "self_cuda_time_total", 0.0
+            )
+        return total_us / 1000 / num_steps
 
     def device_name(self) -> str:
-        if self.device.type == "cuda":
+        if self.cuda:
             return self.torch.cuda.get_device_name()
         return f"CPU ({self.torch.get_num_threads()} threads)"
 
@@ -147,6 +241,13 @@ def measure(runner, batch_size: int, steps_per_window: int, timings: dict) -> No
     timings.setdefault(runner.name, []).append(steps_per_window * batch_size / elapsed)
 
 
+def _timed_first_step(make_runner) -> tuple[object, float]:
+    start = time.perf_counter()
+    runner = make_runner()
+    runner.run(1)
+    return runner, time.perf_counter() - start
+
+
 def run_benchmark(
     config,
     *,
@@ -154,8 +255,17 @@ def run_benchmark(
     steps_per_window: int = 5,
     torch_side: bool = True,
     torch_compile: bool = False,
+    jax_convolutions: tuple[str, ...] | None = None,
+    min_window_s: float = 0.0,
 ) -> dict:
-    """Runs the comparison and returns the results as a dict (see `format_table`)."""
+    """Runs the comparison and returns the results as a dict (see `format_table`).
+
+    Args:
+      jax_convolutions: time one JAX runner per formulation ("matmul", "lax"), named
+        "jax matmul", ...; by default one runner, "jax", with the config's `convolutions`.
+      min_window_s: each runner's steps per window are raised until one window lasts at
+        least this long (fast accelerator steps would otherwise time Python's dispatch).
+    """
     validate_config(config, jax.local_device_count())
     if windows < 1 or steps_per_window < 1:
         raise UserError("--windows and --steps_per_window must be >= 1.")
@@ -165,33 +275,39 @@ def run_benchmark(
     batch = rng.uniform(-1, 1, shape).astype(np.float32)
 
     runners, first_step_s = [], {}
-    start = time.perf_counter()
-    jax_runner = JaxRunner(config, batch)
-    jax_runner.run(1)
-    first_step_s["jax"] = time.perf_counter() - start
-    runners.append(jax_runner)
+    for convolutions in jax_convolutions or (None,):
+        runner, seconds = _timed_first_step(lambda c=convolutions: JaxRunner(config, batch, c))
+        first_step_s[runner.name] = seconds
+        runners.append(runner)
     if torch_side:
         variants = [False, True] if torch_compile else [False]
         for compiled in variants:
-            start = time.perf_counter()
             try:
-                runner = TorchRunner(config, batch, bf16, compiled)
-                runner.run(1)
+                runner, seconds = _timed_first_step(
+                    lambda c=compiled: TorchRunner(config, batch, bf16, c)
+                )
             except Exception as e:  # torch.compile needs a working compiler toolchain
                 if not compiled:
                     raise
                 print(f"torch.compile unavailable here: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
-            first_step_s[runner.name] = time.perf_counter() - start
+            first_step_s[runner.name] = seconds
             runners.append(runner)
 
-    # One untimed window each (caches, autotuning, thread pools), then alternate.
+    # One untimed window each (caches, autotuning, thread pools), which also sizes the
+    # windows; then alternate.
+    window_steps = {}
     for runner in runners:
+        start = time.perf_counter()
         runner.run(steps_per_window)
+        per_step = (time.perf_counter() - start) / steps_per_window
+        window_steps[runner.name] = max(steps_per_window, math.ceil(min_window_s / per_step))
+        if hasattr(runner, "reset_peak_memory"):
+            runner.reset_peak_memory()
     timings: dict[str, list[float]] = {}
     for _ in range(windows):
         for runner in runners:
-            measure(runner, config.batch_size, steps_per_window, timings)
+            measure(runner, config.batch_size, window_steps[runner.name], timings)
 
     flops = step_flops_per_image(config)
     results = {
@@ -205,16 +321,10 @@ def run_benchmark(
         "steps_per_window": steps_per_window,
         "step_gflop_per_image": flops / 1e9,
         "host_cpu": _cpu_name(),
-        "versions": {"python": platform.python_version(), "jax": jax.__version__},
+        "versions": versions(),
         "peak_process_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "frameworks": {},
     }
-    try:
-        import flax
-
-        results["versions"]["flax"] = flax.__version__
-    except ImportError:
-        pass
     for runner in runners:
         rates = timings[runner.name]
         peak_bytes = runner.peak_memory_bytes()
@@ -223,25 +333,53 @@ def run_benchmark(
             "device": runner.device_name(),
             "images_per_s": median,
             "images_per_s_windows": rates,
+            "steps_per_window": window_steps[runner.name],
             "step_ms": 1000 * config.batch_size / median,
             "first_step_s": first_step_s[runner.name],
             "peak_memory_mib": None if peak_bytes is None else peak_bytes / 2**20,
             "gflop_per_s": median * flops / 1e9,
         }
     frameworks = results["frameworks"]
-    results["jax_images_per_s"] = frameworks["jax"]["images_per_s"]
-    if "torch" in frameworks:
-        import torch
-
-        results["versions"]["torch"] = torch.__version__
-        results["torch_images_per_s"] = frameworks["torch"]["images_per_s"]
-        results["ratio"] = results["jax_images_per_s"] / results["torch_images_per_s"]
-    if "torch.compile" in frameworks:
-        results["torch_compile_images_per_s"] = frameworks["torch.compile"]["images_per_s"]
-        results["ratio_vs_torch_compile"] = (
-            results["jax_images_per_s"] / results["torch_compile_images_per_s"]
-        )
+    jax_names = [name for name in frameworks if name.startswith("jax")]
+    best_jax = max(jax_names, key=lambda name: frameworks[name]["images_per_s"])
+    results["jax_images_per_s"] = frameworks[best_jax]["images_per_s"]
+    if len(jax_names) > 1:
+        results["fastest_jax"] = best_jax
+    for name in ("torch", "torch.compile"):
+        if name not in frameworks:
+            continue
+        rate = frameworks[name]["images_per_s"]
+        if name == "torch":
+            results["torch_images_per_s"] = rate
+            results["ratio"] = results["jax_images_per_s"] / rate
+        else:
+            results["torch_compile_images_per_s"] = rate
+            results["ratio_vs_torch_compile"] = results["jax_images_per_s"] / rate
+        for jax_name in jax_names:
+            frameworks[jax_name][f"ratio_vs_{name}"] = frameworks[jax_name]["images_per_s"] / rate
     return results
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the frameworks and (on CUDA) the GPU stack."""
+    found = {"python": platform.python_version(), "jax": jax.__version__}
+    for module in ("jaxlib", "flax", "optax"):
+        with contextlib.suppress(Exception):
+            found[module] = importlib.import_module(module).__version__
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        found["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            found["torch_cuda"] = str(torch.version.cuda)
+            found["cudnn"] = str(torch.backends.cudnn.version())
+    with contextlib.suppress(Exception):
+        import subprocess
+
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        driver = subprocess.run(query, capture_output=True, text=True, timeout=10)
+        if driver.returncode == 0 and driver.stdout.strip():
+            found["nvidia_driver"] = driver.stdout.strip().splitlines()[0]
+    return found
 
 
 def format_table(results: dict) -> str:
@@ -261,12 +399,15 @@ def format_table(results: dict) -> str:
             f"{name:14} {r['images_per_s']:10.1f} {r['step_ms']:9.1f} {r['first_step_s']:10.1f} "
             f"{r['gflop_per_s']:9.1f} {peak:>9}  {r['device']}"
         )
+    jax_name = results.get("fastest_jax", "JAX")
     if "ratio" in results:
-        lines.append(f"JAX / PyTorch eager: {results['ratio']:.2f}x images/s")
+        lines.append(f"{jax_name} / PyTorch eager: {results['ratio']:.2f}x images/s")
     if "ratio_vs_torch_compile" in results:
-        lines.append(f"JAX / torch.compile: {results['ratio_vs_torch_compile']:.2f}x images/s")
+        lines.append(
+            f"{jax_name} / torch.compile: {results['ratio_vs_torch_compile']:.2f}x images/s"
+        )
     lines.append(
-        f"medians of {results['windows']} alternating windows of "
+        f"medians of {results['windows']} alternating windows of at least "
         f"{results['steps_per_window']} steps; process peak RSS "
         f"{results['peak_process_rss_mib']:.0f} MiB"
     )
@@ -277,6 +418,16 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
+    # JAX would take 75% of an accelerator's memory at start-up, leaving PyTorch (in the
+    # same process) the rest and making JAX's own footprint unreadable.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if f.suite:
+        from dcgan_jax import benchmark_suite
+
+        benchmark_suite.main(f)
+        return
+    if f.config is None:
+        raise app.UsageError("--config is required (or --suite --out DIR)")
     config = f.config
     with config.unlocked():
         if f.batch_size is not None:
@@ -310,7 +461,19 @@ if __name__ == "__main__":
     flags.DEFINE_bool("torch_compile", False, "Also time the reference under torch.compile.")
     flags.DEFINE_bool("no_torch", False, "Time only the JAX side (no PyTorch needed).")
     flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
-    flags.mark_flags_as_required(["config"])
+    flags.DEFINE_bool("suite", False, "Run the accelerator suite (see benchmark_suite.py).")
+    flags.DEFINE_string("out", None, "--suite: the directory for suite.json and suite.md.")
+    flags.DEFINE_float("suite_budget_s", 480.0, "--suite: start no speed case after this.")
+    flags.DEFINE_bool("suite_tiny", False, "--suite: tiny models and batches (a CPU dry run).")
+    flags.DEFINE_list("suite_configs", ["cifar", "celeba"], "--suite: models to time.")
+    flags.DEFINE_list("suite_batch_sizes", ["64", "256"], "--suite: batch sizes to time.")
+    flags.DEFINE_list("suite_precisions", ["fp32", "bf16"], "--suite: precisions to time.")
+    flags.DEFINE_bool("suite_parity", True, "--suite: measure parity first.")
+    flags.DEFINE_bool(
+        "suite_diagnose",
+        False,
+        "--suite: also per-tensor gradient errors against float64 and PyTorch's kernel time.",
+    )
     from dcgan_jax.validation import parse_flags
 
     app.run(main, flags_parser=parse_flags)

@@ -129,7 +129,7 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.Co
             f"checkpoint {step} in {manager.directory} is unreadable ({type(e).__name__}). "
             "Fix: move the damaged step directory aside, or use a new --workdir."
         ) from e
-    return ml_collections.ConfigDict(restored["config"])
+    return default_config.upgrade_legacy_fields(ml_collections.ConfigDict(restored["config"]))
 
 
 def check_compatible(saved: ml_collections.ConfigDict, config, directory) -> None:

@@ -40,9 +40,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Discriminator head on its 4x4 features: "linear" (with bias) or "conv" (4x4 conv
     # without bias, as in pytorch/examples dcgan).
     config.d_head = "linear"
-    # Evaluate the stride-2 (transposed) convolutions as exactly equivalent stride-1
-    # convolutions, which differentiate much faster under XLA. Same numbers either way.
-    config.fast_convolutions = True
+    # How the stride-2 (transposed) convolutions are computed: "matmul" (as matrix
+    # products: much faster under XLA:CPU), "lax" (XLA's native convolutions: cuDNN on GPUs)
+    # or "auto" (the one measured faster on the backend in use; see the README's speed
+    # section). The same function either way: results agree to rounding, and checkpoints
+    # move freely between the two.
+    config.convolutions = "auto"
     # bfloat16 activations and convolutions (parameters, BatchNorm statistics and the
     # optimiser stay float32). For GPUs and TPUs; slower on most CPUs.
     config.half_precision = False
@@ -83,6 +86,19 @@ def get_config() -> ml_collections.ConfigDict:
     return config
 
 
+def upgrade_legacy_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Rewrites fields of older versions in place (configs and checkpoints written before):
+    `fast_convolutions=True` (the old default) becomes `convolutions="auto"`, `False`
+    becomes `convolutions="lax"`. Returns `config`."""
+    if "fast_convolutions" in config:
+        with config.unlocked():
+            fast = config.fast_convolutions
+            del config["fast_convolutions"]
+            if "convolutions" not in config or config.convolutions == "auto":
+                config.convolutions = "auto" if fast is not False else "lax"
+    return config
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """`get_config()` of a config file such as configs/cifar.py (for notebooks and scripts;
     the command line uses ml_collections' --config flag)."""
@@ -93,4 +109,4 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{path!r} is not a Python config file (configs/<name>.py)")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return upgrade_legacy_fields(module.get_config())

@@ -7,8 +7,9 @@ evaluated: XLA:CPU runs the gradient of a strided (transposed) convolution an or
 magnitude slower than a matrix product, so `UpConv` evaluates its 4x4 stride-2 transposed
 convolution as one matrix product plus shifted adds and `DownConv` its strided convolution
 as space-to-depth, im2col and one matrix product; both are exactly equivalent (the same
-multiply-adds). `fast=False` selects the textbook `lax` formulation instead; the tests
-check that the two agree.
+multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation instead (on
+GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); the tests check that
+the two agree. `resolve_convolutions` picks one per backend for `config.convolutions="auto"`.
 """
 
 from __future__ import annotations
@@ -130,28 +131,47 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
     return module.param("kernel", dcgan_kernel_init, shape).astype(x.dtype)
 
 
+# The two formulations of each strided convolution: the same function, different kernels.
+FORMULATIONS = ("matmul", "lax")
+_UP_CONV = {"matmul": _matmul_conv_transpose, "lax": _pytorch_conv_transpose}
+_DOWN_CONV = {"matmul": _matmul_strided_conv, "lax": _pytorch_strided_conv}
+
+# What `convolutions="auto"` picks on each backend: the formulation measured faster there
+# (README, "Speed"). TPU keeps XLA's native convolutions without a measurement.
+AUTO_CONVOLUTIONS = {"cpu": "matmul", "gpu": "matmul", "tpu": "lax"}
+
+
+def resolve_convolutions(choice: str, backend: str | None = None) -> str:
+    """The formulation ("matmul" or "lax") that `config.convolutions=choice` means on
+    `backend` (default: JAX's default backend)."""
+    if choice in FORMULATIONS:
+        return choice
+    if choice != "auto":
+        raise ValueError(f"convolutions must be 'auto', 'matmul' or 'lax', got {choice!r}.")
+    backend = backend or jax.default_backend()
+    return AUTO_CONVOLUTIONS.get("gpu" if backend in ("cuda", "rocm") else backend, "lax")
+
+
 class UpConv(nn.Module):
     """PyTorch's `ConvTranspose2d(in, features, 4, stride=2, padding=1, bias=False)`."""
 
     features: int
-    fast: bool = True
+    convolutions: str = "matmul"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        convolve = _matmul_conv_transpose if self.fast else _pytorch_conv_transpose
-        return convolve(x, _kernel_4x4(self, x, self.features))
+        return _UP_CONV[self.convolutions](x, _kernel_4x4(self, x, self.features))
 
 
 class DownConv(nn.Module):
     """PyTorch's `Conv2d(in, features, 4, stride=2, padding=1, bias=False)`."""
 
     features: int
-    fast: bool = True
+    convolutions: str = "matmul"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        convolve = _matmul_strided_conv if self.fast else _pytorch_strided_conv
-        return convolve(x, _kernel_4x4(self, x, self.features))
+        return _DOWN_CONV[self.convolutions](x, _kernel_4x4(self, x, self.features))
 
 
 class Dense4x4(nn.Module):
@@ -244,7 +264,7 @@ class Generator(nn.Module):
     image_size: int
     channels: int
     base_features: int
-    fast: bool = True
+    convolutions: str = "matmul"  # "matmul" or "lax" (see resolve_convolutions)
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
 
@@ -255,8 +275,8 @@ class Generator(nn.Module):
         x = Dense4x4(widths[0], project=True)(z.astype(self.dtype))
         x = nn.relu(norm()(x))
         for width in widths[1:]:
-            x = nn.relu(norm()(UpConv(width, fast=self.fast)(x)))
-        x = UpConv(self.channels, fast=self.fast)(x)
+            x = nn.relu(norm()(UpConv(width, self.convolutions)(x)))
+        x = UpConv(self.channels, self.convolutions)(x)
         return jnp.tanh(x.astype(jnp.promote_types(self.dtype, jnp.float32)))
 
 
@@ -271,7 +291,7 @@ class Discriminator(nn.Module):
     image_size: int
     base_features: int
     head: str = "conv"
-    fast: bool = True
+    convolutions: str = "matmul"  # "matmul" or "lax" (see resolve_convolutions)
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
 
@@ -282,7 +302,7 @@ class Discriminator(nn.Module):
         widths = discriminator_widths(self.base_features, self.image_size)
         x = x.astype(self.dtype)
         for i, width in enumerate(widths):
-            x = DownConv(width, fast=self.fast)(x)
+            x = DownConv(width, self.convolutions)(x)
             if i > 0:
                 x = BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
             x = nn.leaky_relu(x, negative_slope=0.2)
@@ -298,12 +318,12 @@ def count_params(params) -> int:
 def make_models(config, axis_name: str | None = None) -> tuple[Generator, Discriminator]:
     """The generator and discriminator a config describes."""
     dtype = jnp.bfloat16 if config.get("half_precision", False) else jnp.float32
-    fast = config.get("fast_convolutions", True)
+    convolutions = resolve_convolutions(config.get("convolutions", "auto"))
     generator = Generator(
         image_size=config.image_size,
         channels=config.channels,
         base_features=config.g_features,
-        fast=fast,
+        convolutions=convolutions,
         axis_name=axis_name,
         dtype=dtype,
     )
@@ -311,7 +331,7 @@ def make_models(config, axis_name: str | None = None) -> tuple[Generator, Discri
         image_size=config.image_size,
         base_features=config.d_features,
         head=config.d_head,
-        fast=fast,
+        convolutions=convolutions,
         axis_name=axis_name,
         dtype=dtype,
     )

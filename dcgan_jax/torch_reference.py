@@ -104,13 +104,20 @@ def make_optimizers(config, net_g, net_d):
     )
 
 
-def train_step(net_g, net_d, opt_g, opt_d, real, noise) -> dict[str, float]:
+def train_step(net_g, net_d, opt_g, opt_d, real, noise, autocast_dtype=None) -> dict[str, object]:
     """One iteration of pytorch/examples `dcgan/main.py`'s training loop.
+
+    Two departures from that script, neither of which changes the numbers: the metrics are
+    returned as 0-d tensors on the device (its `.item()` calls would make five host syncs a
+    step, which JAX's step does not make: `metrics_to_floats` converts them when needed),
+    and under `autocast_dtype` (e.g. torch.bfloat16) only the forward passes are autocast
+    while the loss is computed in float32 (CUDA's autocast refuses BCELoss, and JAX's bf16
+    step also takes the loss of float32 logits).
 
     Args:
       real: (batch, C, H, W) images in [-1, 1]. noise: (batch, z_dim[, 1, 1]).
     Returns:
-      The step's losses and D outputs as floats.
+      The step's losses and D outputs, as detached 0-d tensors.
     """
     torch = _torch()
     criterion = torch.nn.BCELoss()
@@ -118,31 +125,44 @@ def train_step(net_g, net_d, opt_g, opt_d, real, noise) -> dict[str, float]:
     real_label = torch.full((batch,), 1.0, dtype=real.dtype, device=real.device)
     fake_label = torch.full((batch,), 0.0, dtype=real.dtype, device=real.device)
 
+    def forward(net, x):
+        with torch.autocast(
+            real.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+        ):
+            return net(x).to(real.dtype)
+
     # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
     net_d.zero_grad()
-    output = net_d(real)
+    output = forward(net_d, real)
     err_d_real = criterion(output, real_label)
     err_d_real.backward()
-    d_x = output.mean().item()
-    fake = net_g(noise)
-    output = net_d(fake.detach())
+    d_x = output.detach().mean()
+    fake = forward(net_g, noise)
+    output = forward(net_d, fake.detach())
     err_d_fake = criterion(output, fake_label)
     err_d_fake.backward()
-    d_g_z1 = output.mean().item()
+    d_g_z1 = output.detach().mean()
     err_d = err_d_real + err_d_fake
     opt_d.step()
 
     # (2) Update G: maximize log(D(G(z)))
     net_g.zero_grad()
-    output = net_d(fake)
+    output = forward(net_d, fake)
     err_g = criterion(output, real_label)
     err_g.backward()
-    d_g_z2 = output.mean().item()
+    d_g_z2 = output.detach().mean()
     opt_g.step()
     return {
-        "d_loss": err_d.item(),
-        "g_loss": err_g.item(),
+        "d_loss": err_d.detach(),
+        "g_loss": err_g.detach(),
         "D(x)": d_x,
         "D(G(z))": d_g_z1,
         "D(G(z))_after": d_g_z2,
     }
+
+
+def metrics_to_floats(metrics: dict) -> dict[str, float]:
+    """`train_step`'s metrics as Python floats (one host sync)."""
+    torch = _torch()
+    values = torch.stack(list(metrics.values())).cpu().tolist()
+    return dict(zip(metrics, values, strict=True))

@@ -39,8 +39,16 @@ _POSITIVE_INTS = (
     "eval_num_samples",
     "fid_reference_samples",
 )
-_BOOLS = ("fast_convolutions", "half_precision", "check_finite_every_step")
-_STRINGS = ("dataset", "data_dir", "d_head", "input_sharding", "fid_weights", "fid_stats_dir")
+_BOOLS = ("half_precision", "check_finite_every_step")
+_STRINGS = (
+    "dataset",
+    "data_dir",
+    "convolutions",
+    "d_head",
+    "input_sharding",
+    "fid_weights",
+    "fid_stats_dir",
+)
 
 
 class UserError(Exception):
@@ -130,6 +138,8 @@ def _field_problem(key: str, value) -> str | None:
             "must be 'process_shares' or 'global_batches'. "
             "Fix: --config.input_sharding=process_shares"
         )
+    if key == "convolutions" and value not in ("auto", "matmul", "lax"):
+        return "must be 'auto', 'matmul' or 'lax'. Fix: --config.convolutions=auto"
     if key == "d_head" and value not in ("conv", "linear"):
         return "must be 'conv' or 'linear'. Fix: --config.d_head=linear"
     if key == "learning_rate" and not (_is_real(value) and 0 < value < 1):
@@ -153,14 +163,16 @@ def _field_problem(key: str, value) -> str | None:
 def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
     """Raises ConfigError for the first config value that cannot work.
 
-    Every field is checked for its type and range; then the fields that depend on each
-    other or on the machine.
+    Fields of older versions are first rewritten in place (`upgrade_legacy_fields`). Every
+    field is checked for its type and range; then the fields that depend on each other or
+    on the machine.
 
     Args:
       config: the run's ConfigDict.
       num_devices: local devices of each process.
       num_processes: processes the global batch is split across first.
     """
+    default_config.upgrade_legacy_fields(config)
     known = default_config.get_config().keys()
     unknown = sorted(set(config.keys()) - set(known))
     if unknown:

@@ -61,3 +61,42 @@ def test_benchmark_cli_writes_json_without_tensorflow(tmp_path):
     assert "images/s" in result.stdout
     data = json.loads(out.read_text())
     assert data["jax_images_per_s"] > 0 and data["batch_size"] == 8
+
+
+def test_torch_step_autocasts_the_forward_passes_only_and_never_syncs():
+    torch = pytest.importorskip("torch")
+    from dcgan_jax import torch_reference
+
+    config = tiny_config(batch_size=4)
+    net_g, net_d, opt_g, opt_d = torch_reference.build(config)
+    real = torch.rand(4, 1, 16, 16) * 2 - 1
+    noise = torch.randn(4, config.z_dim)
+    metrics = torch_reference.train_step(
+        net_g, net_d, opt_g, opt_d, real, noise, autocast_dtype=torch.bfloat16
+    )
+    # Tensors (no .item() per metric); the losses were taken of float32 probabilities.
+    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in metrics.values())
+    floats = torch_reference.metrics_to_floats(metrics)
+    assert set(floats) == set(metrics) and all(isinstance(v, float) for v in floats.values())
+
+
+def test_suite_dry_run_writes_json_and_tables(tmp_path):
+    pytest.importorskip("torch")
+    from dcgan_jax import benchmark_suite
+
+    results = benchmark_suite.run_suite(
+        str(tmp_path),
+        tiny=True,
+        configs=("cifar",),
+        batch_sizes=(32,),
+        precisions=("fp32",),
+        with_parity=False,
+        windows=1,
+    )
+    (case,) = results["speed"]
+    assert set(case["frameworks"]) == {"jax matmul", "jax lax", "torch"}
+    assert case["batch_size"] == 2 and case["model"]["image_size"] == 32
+    saved = json.loads((tmp_path / "suite.json").read_text())
+    assert saved["speed"][0]["frameworks"]["torch"]["images_per_s"] > 0
+    table = (tmp_path / "suite.md").read_text()
+    assert "| cifar | 2 | fp32 | jax lax |" in table and "Versions:" in table

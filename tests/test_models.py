@@ -121,3 +121,27 @@ def test_batchnorm_tracks_unbiased_variance_with_pytorch_momentum():
     scale = np.asarray(variables["params"]["scale"])
     expected = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5) * scale
     np.testing.assert_allclose(np.asarray(y).reshape(-1, 2), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_convolutions_follow_the_backend_measurements():
+    assert models.resolve_convolutions("auto", "cpu") == "matmul"
+    assert models.resolve_convolutions("auto", "cuda") == models.AUTO_CONVOLUTIONS["gpu"]
+    assert models.resolve_convolutions("auto", "tpu") == "lax"
+    assert models.resolve_convolutions("lax", "cpu") == "lax"
+    with pytest.raises(ValueError, match="'auto', 'matmul' or 'lax'"):
+        models.resolve_convolutions("fast", "cpu")
+
+
+@pytest.mark.parametrize("fast,expected", [(True, "auto"), (False, "lax")])
+def test_configs_with_the_old_fast_convolutions_field_still_load(fast, expected):
+    from dcgan_jax import default_config
+    from dcgan_jax.validation import validate_config
+
+    config = default_config.get_config()
+    with config.unlocked():
+        del config["convolutions"]
+        config.fast_convolutions = fast  # as a checkpoint of an older version stores it
+    validate_config(config, 1)
+    assert "fast_convolutions" not in config and config.convolutions == expected
+    g, _ = models.make_models(config)
+    assert g.convolutions == models.resolve_convolutions(expected)

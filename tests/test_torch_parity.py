@@ -161,8 +161,8 @@ def _train_both(arch, seed, dtype, num_steps, check, optimizers_out=None):
             real = rng.uniform(-1, 1, real.shape).astype(dtype)
             z = rng.standard_normal(z.shape).astype(dtype)
         state, metrics = step(state, jnp.asarray(real), jnp.asarray(z))
-        reference = torch_reference.train_step(
-            net_g, net_d, opt_g, opt_d, _nchw(real), torch.from_numpy(z)
+        reference = torch_reference.metrics_to_floats(
+            torch_reference.train_step(net_g, net_d, opt_g, opt_d, _nchw(real), torch.from_numpy(z))
         )
         check(i, state, metrics, reference, (net_g, net_d, config))
     # Each D update sees 3 forward passes in training mode, each G update 1 (as in PyTorch).
@@ -243,3 +243,25 @@ def test_mismatched_state_dict_is_refused_with_the_fix():
     state = jax.eval_shape(lambda: create_state(other, g, d))
     with pytest.raises(UserError, match=r"main.0.weight has shape \(8, 32, 4, 4\), expected"):
         conversion.load_into_state(state, _state_dict_numpy(net_g), _state_dict_numpy(net_d), other)
+
+
+@pytest.mark.parametrize("convolutions", ["matmul", "lax"])
+def test_parity_module_measures_agreement_on_this_device(convolutions):
+    from dcgan_jax import parity
+
+    config = tiny_config(**ARCHITECTURES["cifar"], z_dim=16, batch_size=8)
+    seed = np.random.SeedSequence().entropy % 2**31
+    result = parity.measure(config, convolutions, "highest", seed=seed)
+    assert result["forward_holds_1e-5"] and result["gradients_hold_1e-4"], (seed, result)
+    assert result["metrics"] < 1e-4, (seed, result)
+
+
+def test_float64_gradient_errors_are_float32_rounding_on_the_cpu():
+    from dcgan_jax import parity
+
+    config = tiny_config(**ARCHITECTURES["cifar"], z_dim=16, batch_size=8)
+    errors = parity.float64_gradient_errors(config, seed=1)
+    assert set(errors) == {"jax matmul highest", "jax lax highest", "torch highest"}
+    for side, by_tensor in errors.items():
+        assert len(by_tensor) == 19, side  # every parameter of G (10) and D (9)
+        assert max(by_tensor.values()) < 1e-4, (side, by_tensor)

@@ -1,0 +1,225 @@
+"""Forward and one-step agreement with the PyTorch reference on any device, as numbers.
+
+The test suite asserts parity on the CPU; this module measures it where the tests cannot
+run (a GPU, in `python -m dcgan_jax.benchmark --suite`). Both sides start from the same
+weights (PyTorch's initialisation, converted), see the same real batch and noise, and
+report relative errors instead of asserting, so that a run on a new device shows how
+close the two are and under which matrix-unit precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dcgan_jax import conversion, models, steps, torch_reference
+from dcgan_jax.state import create_state
+
+# What the CPU tests assert in float32 (tests/test_torch_parity.py): forward outputs to
+# 1e-5 of their largest magnitude; after one step, gradients (Adam's first moments) to 1e-4
+# relative L2 per tensor.
+FORWARD_TOLERANCE = 1e-5
+GRADIENT_TOLERANCE = 1e-4
+
+
+def _max_rel(actual, expected) -> float:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def _l2_rel(actual, expected) -> float:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-12))
+
+
+@contextlib.contextmanager
+def matmul_precision(torch, precision: str):
+    """Both frameworks' float32 matrix-unit precision: "highest" (true float32: TF32 off on
+    both sides) or "default" (each framework's default: TF32 on Ampere and later GPUs for
+    cuDNN convolutions and XLA's dots and convolutions)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if precision == "highest":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        with jax.default_matmul_precision(precision if precision == "highest" else None):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def measure(config, convolutions: str, precision: str = "highest", seed: int = 0) -> dict:
+    """Relative errors of JAX against the reference for `config`'s model, float32.
+
+    JAX runs on its default device and PyTorch on CUDA when present. Returns a dict with
+    `forward_g`, `forward_d` (max error over max magnitude, training-mode BatchNorm),
+    `metrics` (largest over the step's losses and D outputs), `gradients` (largest relative
+    L2 over every parameter's Adam first moment after one step, i.e. its gradient) and
+    `params_in_lr` (largest parameter difference after the step in units of the learning
+    rate: Adam's first step moves each weight by about +-lr, so a gradient within rounding
+    of zero may move the two sides apart by up to 2 lr), and whether the CPU tests'
+    tolerances hold.
+    """
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.convolutions = convolutions
+        config.half_precision = False
+    net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
+    net_g, net_d = net_g.to(device), net_d.to(device)
+    opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
+    generator, discriminator = models.make_models(config)
+    # Copies: on the CPU `.numpy()` shares the tensor's memory, which the reference's
+    # in-place updates would change under JAX's feet (JAX may read it asynchronously).
+    numpy_sd = lambda net: {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+    state = conversion.load_into_state(
+        create_state(config, generator, discriminator), numpy_sd(net_g), numpy_sd(net_d), config
+    )
+    rng = np.random.default_rng(seed)
+    size = config.image_size
+    real = rng.uniform(-1, 1, (config.batch_size, size, size, config.channels)).astype(np.float32)
+    z = rng.standard_normal((config.batch_size, config.z_dim)).astype(np.float32)
+    real_torch = torch.from_numpy(np.ascontiguousarray(real.transpose(0, 3, 1, 2))).to(device)
+    z_torch = torch.from_numpy(z).to(device)
+
+    def apply_train(train_state, x):
+        variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
+        return train_state.apply_fn(variables, x, train=True, mutable=["batch_stats"])[0]
+
+    initial = {net: numpy_sd(net) for net in (net_g, net_d)}
+    with matmul_precision(torch, precision):
+        with torch.no_grad():
+            fake_ref = net_g(z_torch).cpu().numpy().transpose(0, 2, 3, 1)
+            prob_ref = net_d(real_torch).cpu().numpy()
+        fake = jax.jit(apply_train)(state.generator, z)
+        prob = jax.nn.sigmoid(jax.jit(apply_train)(state.discriminator, real))
+        # The reference's training-mode forward passes moved its running statistics (the
+        # JAX state is unchanged: apply_train drops the new ones); start the step from the
+        # same statistics on both sides.
+        for net, state_dict in initial.items():
+            net.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
+        new_state, metrics = jax.jit(steps.train_step_with_noise)(
+            state, jnp.asarray(real), jnp.asarray(z)
+        )
+        reference = torch_reference.metrics_to_floats(
+            torch_reference.train_step(net_g, net_d, opt_g, opt_d, real_torch, z_torch)
+        )
+
+    results = {
+        "forward_g": _max_rel(fake, fake_ref),
+        "forward_d": _max_rel(prob, prob_ref),
+        "metrics": max(_max_rel(metrics[k], reference[k]) for k in reference),
+    }
+    gradient_errors, param_errors = [], []
+    for net, opt, train_state, layout in (
+        (net_g, opt_g, new_state.generator, conversion.generator_layout(config)),
+        (net_d, opt_d, new_state.discriminator, conversion.discriminator_layout(config)),
+    ):
+        variables = {
+            "params": jax.device_get(train_state.opt_state[0].mu),
+            "batch_stats": jax.device_get(train_state.batch_stats),
+        }
+        moments = conversion.flax_to_torch(variables, layout)
+        params = conversion.flax_to_torch(
+            {"params": jax.device_get(train_state.params), "batch_stats": variables["batch_stats"]},
+            layout,
+        )
+        for name, param in net.named_parameters():
+            expected = opt.state[param]["exp_avg"].detach().cpu().numpy()
+            gradient_errors.append(_l2_rel(moments[name], expected))
+            difference = np.abs(params[name] - param.detach().cpu().numpy()).max()
+            param_errors.append(float(difference) / config.learning_rate)
+    results["gradients"] = max(gradient_errors)
+    results["params_in_lr"] = max(param_errors)
+    results["forward_holds_1e-5"] = max(results["forward_g"], results["forward_d"]) <= (
+        FORWARD_TOLERANCE
+    )
+    results["gradients_hold_1e-4"] = results["gradients"] <= GRADIENT_TOLERANCE
+    return results
+
+
+def float64_gradient_errors(
+    config, seed: int = 0, sides=(("matmul", "highest"), ("lax", "highest"))
+) -> dict[str, dict[str, float]]:
+    """Per-tensor gradient errors of each side against the float64 truth.
+
+    The truth is this project's step in float64 on the host CPU (formulation-independent to
+    ~1e-15). The sides are JAX on its default device in float32, one per (convolutions,
+    precision), and the reference on CUDA (or CPU) with TF32 off. Each entry maps a
+    parameter's PyTorch name to the relative L2 error of its gradient (Adam's first moment
+    after one step), so a side that loses precision in one layer shows where.
+    """
+    import torch
+
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.convolutions = "matmul"
+        config.half_precision = False
+    net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
+    numpy_sd = lambda net: {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+    sd_g, sd_d = numpy_sd(net_g), numpy_sd(net_d)
+    rng = np.random.default_rng(seed)
+    size = config.image_size
+    real = rng.uniform(-1, 1, (config.batch_size, size, size, config.channels))
+    z = rng.standard_normal((config.batch_size, config.z_dim))
+    layouts = (conversion.generator_layout(config), conversion.discriminator_layout(config))
+
+    def jax_moments(dtype, convolutions):
+        cfg = config.copy_and_resolve_references()
+        cfg.convolutions = convolutions
+        g, d = models.make_models(cfg)
+        g, d = g.clone(dtype=dtype), d.clone(dtype=dtype)
+        cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        state = jax.tree_util.tree_map(cast, create_state(cfg, g, d))
+        as_dtype = lambda sd: {
+            k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in sd.items()
+        }
+        state = conversion.load_into_state(state, as_dtype(sd_g), as_dtype(sd_d), cfg)
+        new_state, _ = jax.jit(steps.train_step_with_noise)(
+            state, jnp.asarray(real, dtype), jnp.asarray(z, dtype)
+        )
+        moments = {}
+        for prefix, train_state, layout in zip(
+            "GD", (new_state.generator, new_state.discriminator), layouts, strict=True
+        ):
+            variables = {
+                "params": jax.device_get(train_state.opt_state[0].mu),
+                "batch_stats": jax.device_get(train_state.batch_stats),
+            }
+            converted = conversion.flax_to_torch(variables, layout)
+            moments.update(
+                {f"{prefix}.{k}": np.asarray(v, np.float64) for k, v in converted.items()}
+            )
+        return moments
+
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        truth = jax_moments(jnp.float64, "matmul")
+    names = [f"G.{n}" for n, _ in net_g.named_parameters()]
+    names += [f"D.{n}" for n, _ in net_d.named_parameters()]
+    errors = {}
+    for convolutions, precision in sides:
+        with matmul_precision(torch, precision):
+            moments = jax_moments(jnp.float32, convolutions)
+        errors[f"jax {convolutions} {precision}"] = {
+            name: _l2_rel(moments[name], truth[name]) for name in names
+        }
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net_g, net_d = net_g.to(device), net_d.to(device)
+    opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
+    to_torch = lambda x: torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
+    with matmul_precision(torch, "highest"):
+        torch_reference.train_step(
+            net_g, net_d, opt_g, opt_d, to_torch(real.transpose(0, 3, 1, 2)), to_torch(z)
+        )
+    torch_errors = {}
+    for prefix, net, opt in (("G", net_g, opt_g), ("D", net_d, opt_d)):
+        for name, param in net.named_parameters():
+            moment = opt.state[param]["exp_avg"].detach().cpu().numpy()
+            torch_errors[f"{prefix}.{name}"] = _l2_rel(moment, truth[f"{prefix}.{name}"])
+    errors["torch highest"] = torch_errors
+    return errors
