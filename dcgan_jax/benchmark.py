@@ -3,8 +3,9 @@
     python -m dcgan_jax.benchmark --config configs/cifar.py [--batch_size 64]
         [--precision fp32|bf16] [--windows 7] [--steps_per_window 5] [--torch_compile]
         [--json results.json]
-    python -m dcgan_jax.benchmark --suite --out DIR    # an accelerator, measured (see
-                                                       # benchmark_suite.py)
+    python -m dcgan_jax.benchmark --config configs/cifar.py --profile   # step_profile.py
+    python -m dcgan_jax.benchmark --config configs/celeba.py --sweep --out DIR   # sweep.py
+    python -m dcgan_jax.benchmark --suite --out DIR    # an accelerator (benchmark_suite.py)
 
 Both sides train the same architecture on the same synthetic batch, already on the device
 (PyTorch on CUDA when present, else CPU). Timed windows alternate JAX, PyTorch, JAX, ... so
@@ -26,6 +27,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -233,6 +235,41 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def gemm_gflop_per_s(size: int = 2048, repeats: int = 5, torch_side: bool = True) -> dict:
+    """Each framework's float32 matrix-product rate on this machine: a (size x size) square
+    product, median of `repeats` (after a warm-up), in GFLOP/s. The ceiling a step made of
+    matrix products could approach."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+    flop = 2.0 * size**3
+
+    def rate(run) -> float:
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return flop / statistics.median(times) / 1e9
+
+    product = jax.jit(jnp.matmul)
+    a_jax, b_jax = jax.device_put(a), jax.device_put(b)
+    rates = {"jax": rate(lambda: product(a_jax, b_jax).block_until_ready())}
+    if torch_side:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        a_t, b_t = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+        def torch_product():
+            torch.mm(a_t, b_t)
+            sync()
+
+        rates["torch"] = rate(torch_product)
+    return rates
+
+
 def measure(runner, batch_size: int, steps_per_window: int, timings: dict) -> None:
     """Times one window of `runner` and appends its images/s to `timings[runner.name]`."""
     start = time.perf_counter()
@@ -257,6 +294,7 @@ def run_benchmark(
     torch_compile: bool = False,
     jax_convolutions: tuple[str, ...] | None = None,
     min_window_s: float = 0.0,
+    gemm_size: int = 2048,
 ) -> dict:
     """Runs the comparison and returns the results as a dict (see `format_table`).
 
@@ -265,6 +303,8 @@ def run_benchmark(
         "jax matmul", ...; by default one runner, "jax", with the config's `convolutions`.
       min_window_s: each runner's steps per window are raised until one window lasts at
         least this long (fast accelerator steps would otherwise time Python's dispatch).
+      gemm_size: also measure each framework's float32 GEMM rate on (size x size) squares
+        and report each step's share of it (0: skip).
     """
     validate_config(config, jax.local_device_count())
     if windows < 1 or steps_per_window < 1:
@@ -340,9 +380,18 @@ def run_benchmark(
             "gflop_per_s": median * flops / 1e9,
         }
     frameworks = results["frameworks"]
+    if gemm_size:
+        results["gemm_gflop_per_s"] = gemm_gflop_per_s(gemm_size, torch_side=torch_side)
+        for name, r in frameworks.items():
+            side = "jax" if name.startswith("jax") else "torch"
+            r["share_of_gemm"] = r["gflop_per_s"] / results["gemm_gflop_per_s"][side]
     jax_names = [name for name in frameworks if name.startswith("jax")]
     best_jax = max(jax_names, key=lambda name: frameworks[name]["images_per_s"])
     results["jax_images_per_s"] = frameworks[best_jax]["images_per_s"]
+    if gemm_size:
+        results["jax_share_of_gemm"] = frameworks[best_jax]["share_of_gemm"]
+        if "torch" in frameworks:
+            results["torch_share_of_gemm"] = frameworks["torch"]["share_of_gemm"]
     if len(jax_names) > 1:
         results["fastest_jax"] = best_jax
     for name in ("torch", "torch.compile"):
@@ -406,6 +455,14 @@ def format_table(results: dict) -> str:
         lines.append(
             f"{jax_name} / torch.compile: {results['ratio_vs_torch_compile']:.2f}x images/s"
         )
+    if "gemm_gflop_per_s" in results:
+        gemm = results["gemm_gflop_per_s"]
+        lines.append(
+            "fp32 GEMM rate here (2048^2 squares): "
+            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items())
+            + "; share of it reached by each step: "
+            + ", ".join(f"{n} {r['share_of_gemm']:.0%}" for n, r in results["frameworks"].items())
+        )
     lines.append(
         f"medians of {results['windows']} alternating windows of at least "
         f"{results['steps_per_window']} steps; process peak RSS "
@@ -436,6 +493,40 @@ def main(argv) -> None:
             if f.precision not in ("fp32", "bf16"):
                 raise app.UsageError("--precision must be fp32 or bf16")
             config.half_precision = f.precision == "bf16"
+    if f.sweep:
+        from dcgan_jax import sweep
+
+        if not f.out:
+            raise app.UsageError("--sweep needs --out DIR for sweep.json and sweep.png")
+        try:
+            batch_sizes = [int(b) for b in f.batch_sizes]
+            image_sizes = [int(s) for s in f.image_sizes]
+        except ValueError as e:
+            raise app.UsageError(f"--batch_sizes and --image_sizes take integers: {e}") from e
+        with exit_on_user_error():
+            for size in image_sizes:
+                with config.unlocked():
+                    config.image_size = size
+                validate_config(config, jax.local_device_count())
+            sweep.run_sweep(
+                config,
+                f.out,
+                batch_sizes=batch_sizes,
+                image_sizes=image_sizes,
+                windows=f.windows,
+                steps_per_window=f.steps_per_window,
+                torch_side=not f.no_torch,
+            )
+        return
+    if f.profile:
+        from dcgan_jax import step_profile
+
+        with exit_on_user_error():
+            validate_config(config, jax.local_device_count())
+            print(
+                step_profile.format_profile(step_profile.profile(config, torch_side=not f.no_torch))
+            )
+        return
     with exit_on_user_error():
         results = run_benchmark(
             config,
@@ -461,6 +552,10 @@ if __name__ == "__main__":
     flags.DEFINE_bool("torch_compile", False, "Also time the reference under torch.compile.")
     flags.DEFINE_bool("no_torch", False, "Time only the JAX side (no PyTorch needed).")
     flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
+    flags.DEFINE_bool("sweep", False, "Measure over --batch_sizes x --image_sizes (see sweep.py).")
+    flags.DEFINE_list("batch_sizes", ["16", "64", "256"], "--sweep: global batch sizes.")
+    flags.DEFINE_list("image_sizes", ["32", "64", "128"], "--sweep: image sizes.")
+    flags.DEFINE_bool("profile", False, "Print where a step's time goes, phase by phase.")
     flags.DEFINE_bool("suite", False, "Run the accelerator suite (see benchmark_suite.py).")
     flags.DEFINE_string("out", None, "--suite: the directory for suite.json and suite.md.")
     flags.DEFINE_float("suite_budget_s", 480.0, "--suite: start no speed case after this.")

@@ -234,13 +234,18 @@ class BatchNorm(nn.Module):
             # Statistics in at least float32, also for bfloat16 activations.
             x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             mean = x32.mean(reduce_axes)
+            var = jnp.square(x32 - mean).mean(reduce_axes)
             count = x.size // channels
             if self.axis_name is not None:
-                mean = lax.pmean(mean, self.axis_name)
+                # The global batch's statistics from every device's (mean, variance) in one
+                # collective: with equal shares, the global variance is the mean of the
+                # devices' variances plus the variance of their means (exact, and without
+                # the cancellation of E[x^2] - E[x]^2).
+                stats = lax.all_gather(jnp.stack([mean, var]), self.axis_name)
+                means, variances = stats[:, 0], stats[:, 1]
+                mean = means.mean(0)
+                var = variances.mean(0) + jnp.square(means - mean).mean(0)
                 count *= lax.axis_size(self.axis_name)
-            var = jnp.square(x32 - mean).mean(reduce_axes)
-            if self.axis_name is not None:
-                var = lax.pmean(var, self.axis_name)
             if not self.is_initializing():
                 m = self.momentum
                 running_mean.value = (1 - m) * running_mean.value + m * mean

@@ -210,7 +210,16 @@ def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
 
 
 def check_workdir_writable(workdir: str) -> None:
-    """Creates `workdir` if needed and proves a file can be written there."""
+    """Creates `workdir` if needed and proves a file can be written there.
+
+    Object-store URLs (gs://, s3://) are refused: the lock, samples and events are written
+    with local file operations, which would create a local folder named 'gs:'."""
+    if "://" in workdir:
+        raise UserError(
+            f"workdir {workdir!r} is a URL; only local or mounted file systems are supported. "
+            "Fix: mount the bucket (e.g. gcsfuse) and pass its local path, or train in a local "
+            "--workdir and copy it."
+        )
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f".write_test-{os.getpid()}")  # processes may share it

@@ -30,6 +30,12 @@ def test_benchmark_runs_both_sides_and_reports():
         results["jax_images_per_s"] / results["torch_images_per_s"]
     )
     assert len(results["frameworks"]["jax"]["images_per_s_windows"]) == 2
+    # Each framework's GEMM rate, and the share of it each step reaches.
+    assert set(results["gemm_gflop_per_s"]) == {"jax", "torch"}
+    for side in ("jax", "torch"):
+        share = results[f"{side}_share_of_gemm"]
+        rate = results["frameworks"][side]["gflop_per_s"]
+        assert share == pytest.approx(rate / results["gemm_gflop_per_s"][side])
     table = benchmark.format_table(results)
     assert "JAX / PyTorch eager:" in table and "images/s" in table
 
@@ -100,3 +106,49 @@ def test_suite_dry_run_writes_json_and_tables(tmp_path):
     assert saved["speed"][0]["frameworks"]["torch"]["images_per_s"] > 0
     table = (tmp_path / "suite.md").read_text()
     assert "| cifar | 2 | fp32 | jax lax |" in table and "Versions:" in table
+
+
+def test_profile_splits_both_steps_into_the_same_phases():
+    pytest.importorskip("torch")
+    from dcgan_jax import step_profile
+
+    results = step_profile.profile(tiny_config(batch_size=4), repeats=2)
+    for side in ("jax", "torch"):
+        times = results[side]
+        assert set(times) == {*step_profile.PHASES, "rest", "step"}
+        assert times["step"] > 0 and times["G forward"] > 0
+        assert sum(times[p] for p in step_profile.PHASES) + times["rest"] == pytest.approx(
+            times["step"]
+        )
+    table = step_profile.format_profile(results)
+    assert "backward through D and G" in table and "jax/torch" in table
+
+
+def test_sweep_writes_json_table_and_plot(tmp_path):
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    from dcgan_jax import sweep
+
+    results = sweep.run_sweep(
+        tiny_config(),
+        str(tmp_path),
+        batch_sizes=(2, 4),
+        image_sizes=(16, 32),
+        windows=1,
+        steps_per_window=1,
+    )
+    assert [(p["image_size"], p["batch_size"]) for p in results["points"]] == [
+        (16, 2),
+        (16, 4),
+        (32, 2),
+        (32, 4),
+    ]
+    assert all(
+        p["jax"]["images_per_s"] > 0 and p["torch"]["images_per_s"] > 0 for p in results["points"]
+    )
+    assert json.loads((tmp_path / "sweep.json").read_text())["points"] == results["points"]
+    with Image.open(tmp_path / "sweep.png") as image:
+        assert image.size == (800, 520)
+        assert len(image.getcolors(1 << 16)) > 3  # lines drawn, not a blank canvas
+    assert "| 32 | 4 |" in sweep.format_sweep(results)

@@ -171,3 +171,24 @@ def test_cli_trains_and_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Resumed from checkpoint at step 2" in second.stdout
     assert "step 4/4 | d_loss" in second.stdout
+
+
+def test_summarized_metrics_are_the_means_over_steps_of_the_first_device():
+    devices = jax.local_devices()
+    history = []
+    for step in range(3):
+        values = {"d_loss": [1.0 + step] * len(devices), "D(x)": [0.5 * step] * len(devices)}
+        history.append(
+            {
+                k: jax.device_put(np.asarray(v, np.float32), train.device_sharding(devices))
+                for k, v in values.items()
+            }
+        )
+    assert train.summarize_metrics(history) == pytest.approx({"d_loss": 2.0, "D(x)": 0.5})
+
+
+def test_object_store_workdir_is_refused_and_nothing_is_created(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"is a URL.*gcsfuse"):
+        train.train_and_evaluate(tiny_config(), "gs://bucket/run")
+    assert not os.path.exists(tmp_path / "gs:")
