@@ -12,6 +12,7 @@ stream, rather than overwrite it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -86,9 +87,26 @@ def _write_error(manager, e: Exception, step: int | None = None) -> UserError:
         )
     return UserError(
         f"could not write {what} to {manager.directory} ({cause}). The checkpoints already "
-        f"there (steps {kept}) are intact. Fix: free disk space or restore write access, then "
-        "rerun the same command to resume from the newest of them."
+        f"there (steps {kept}) are intact. Fix: {_write_fix(e)}, then rerun the same command "
+        "to resume from the newest of them."
     )
+
+
+def _write_fix(error: BaseException) -> str:
+    """What to do about a failed write, from the OS error behind it (if any)."""
+    seen, codes = set(), set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            codes.add(error.errno)
+        error = error.__cause__ or error.__context__
+    if codes & {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}:
+        return "free disk space (or raise the quota) where the workdir is"
+    if codes & {errno.EACCES, errno.EPERM, errno.EROFS}:
+        return "restore write access to the workdir (permissions, or a read-only mount)"
+    if codes:
+        return "check the disk and its mount (the operating system refused the write)"
+    return "check the disk, its free space and its permissions"
 
 
 def save(manager: ocp.CheckpointManager, state, config: ml_collections.ConfigDict) -> None:
@@ -120,11 +138,68 @@ def finish_writes(manager: ocp.CheckpointManager) -> None:
         raise _write_error(manager, e) from e
 
 
+class CheckpointReadError(UserError):
+    """The operating system or machine failed while a checkpoint was read (EIO, EACCES,
+    ENOMEM, a vanished network mount): not evidence of damage, so nothing is moved."""
+
+
+# errno values that say the file system or the machine failed, not the checkpoint's bytes.
+_ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EIO",
+        "EACCES",
+        "EPERM",
+        "ENOMEM",
+        "ESTALE",
+        "ENOTCONN",
+        "ETIMEDOUT",
+        "EHOSTDOWN",
+        "EHOSTUNREACH",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "EAGAIN",
+        "EBUSY",
+        "ENODEV",
+        "ENXIO",
+        "EMFILE",
+        "ENFILE",
+        "EINTR",
+    )
+    if hasattr(errno, name)
+)
+
+
+def _environment_error(error: BaseException | None) -> BaseException | None:
+    """The operating-system error (or MemoryError) behind `error`, following its causes."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, MemoryError) or (
+            isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS
+        ):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _raise_if_environment_error(error: BaseException, manager, step: int) -> None:
+    cause = _environment_error(error)
+    if cause is not None:
+        raise CheckpointReadError(
+            f"checkpoint {step} in {manager.directory} could not be read "
+            f"({describe_error(cause)}). That is an error of the file system or the machine, "
+            "not damage: nothing was moved. Fix: check the disk, its mount and its "
+            "permissions (and free memory), then run the same command again."
+        ) from error
+
+
 def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
     """The config stored with checkpoint `step`."""
     try:
         restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     except Exception as e:
+        _raise_if_environment_error(e, manager, step)
         raise UserError(
             f"checkpoint {step} in {manager.directory} is unreadable ({type(e).__name__}). "
             "Fix: move the damaged step directory aside, or use a new --workdir."
@@ -164,6 +239,7 @@ def restore_state(manager: ocp.CheckpointManager, step: int, template):
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:
+        _raise_if_environment_error(e, manager, step)
         raise UserError(
             f"checkpoint {step} in {manager.directory} does not fit this model or is damaged "
             f"({describe_error(e)}). "
@@ -192,14 +268,19 @@ def restore_newest_usable(manager: ocp.CheckpointManager, config, template, work
         return None, None
     problems = []
     for step in steps:
+        # A CheckpointReadError (the disk or machine failed) propagates: it is not damage.
         try:
             saved = saved_config(manager, step)
+        except CheckpointReadError:
+            raise
         except UserError as e:
             problems.append((step, e))
             continue
         check_compatible(saved, config, manager.directory)  # a wrong config is not damage
         try:
             state = restore_state(manager, step, template)
+        except CheckpointReadError:
+            raise
         except UserError as e:
             problems.append((step, e))
             continue

@@ -434,6 +434,29 @@ def initialize_distributed(
         f"Process {jax.process_index()} of {jax.process_count()} ({cluster or 'explicit'}); "
         f"{jax.device_count()} devices in all, {jax.local_device_count()} here."
     )
+    warning = unused_gpus_warning(os.environ, jax.local_device_count())
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+
+
+def unused_gpus_warning(env, local_devices: int) -> str | None:
+    """A warning when a SLURM or Open MPI process holds fewer GPUs than its node's share.
+
+    JAX's cluster detection gives each process the one GPU of its local rank, so a node
+    with several GPUs needs one process (task) per GPU; with fewer, GPUs sit idle.
+    """
+    gpus = env.get("SLURM_GPUS_ON_NODE")
+    tasks = env.get("SLURM_NTASKS_PER_NODE") or env.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if not (gpus and tasks and gpus.isdigit() and tasks.split("(")[0].isdigit()):
+        return None
+    gpus, tasks = int(gpus), int(tasks.split("(")[0])
+    if tasks * local_devices >= gpus:
+        return None
+    return (
+        f"warning: this node has {gpus} GPUs but runs {tasks} process(es) with "
+        f"{local_devices} GPU(s) each, so {gpus - tasks * local_devices} stay idle. Fix: one "
+        f"process per GPU, e.g. srun --ntasks-per-node={gpus} --gpus-per-task=1."
+    )
 
 
 def main(argv) -> None:

@@ -95,6 +95,18 @@ def test_fid_inception_has_the_reference_parameter_count_and_layout():
         assert state_dict[name].shape == shape, name
 
 
+def test_fid_inception_asks_for_full_float32_products_on_every_backend():
+    variables = inception.random_variables()
+    images = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(inception.FIDInceptionV3().apply)(variables, images)
+    products = [
+        e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("conv_general_dilated", "dot_general")
+    ]
+    assert len(products) == 95  # 94 convolutions and the classifier
+    highest = jax.lax.Precision.HIGHEST
+    assert all(e.params["precision"] in (highest, (highest, highest)) for e in products)
+
+
 def test_weight_file_loads_without_torch_by_name(tmp_path):
     torch = pytest.importorskip("torch")
     state_dict = inception.state_dict_from_variables(inception.random_variables(seed=3))

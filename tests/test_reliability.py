@@ -3,6 +3,7 @@
 import errno
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,72 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, how,
     assert _digest(resumed) == _digest(straight)
 
 
+@pytest.fixture(scope="module")
+def four_step_workdir(tmp_path_factory):
+    """A workdir trained to step 4 (checkpoints 2 and 4), to copy from."""
+    workdir = tmp_path_factory.mktemp("four_steps") / "run"
+    train.train_and_evaluate(tiny_config(num_train_steps=4), str(workdir))
+    return workdir
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.EIO, "Input/output error"),
+        PermissionError(errno.EACCES, "Permission denied"),
+        MemoryError("out of memory"),
+        # As a library would report it: its own exception, caused by the OS error.
+        ValueError("read failed"),
+    ],
+    ids=["EIO", "EACCES", "ENOMEM", "wrapped_ESTALE"],
+)
+@pytest.mark.parametrize("reading", ["config", "state"])
+def test_os_errors_while_restoring_stop_and_move_nothing(
+    tmp_path, monkeypatch, error, reading, four_step_workdir
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(four_step_workdir, workdir)
+    if isinstance(error, ValueError):
+        error.__cause__ = OSError(errno.ESTALE, "Stale file handle")
+    real_restore = ocp.CheckpointManager.restore
+
+    def failing_restore(self, step, *args, **kwargs):
+        composite = kwargs.get("args")
+        item = "state" if composite is not None and "state" in composite else "config"
+        if step == 4 and item == reading:
+            raise error
+        return real_restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", failing_restore)
+    with pytest.raises(
+        checkpointing.CheckpointReadError, match=r"checkpoint 4 in .* could not be read .*nothing"
+    ):
+        train.train_and_evaluate(tiny_config(num_train_steps=6), str(workdir))
+    assert _steps(workdir) == [2, 4]
+    assert not (workdir / "checkpoints_damaged").exists()
+
+
+@pytest.mark.parametrize(
+    "error,fix",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "free disk space"),
+        (PermissionError(errno.EACCES, "Permission denied"), "restore write access"),
+        (OSError(errno.EROFS, "Read-only file system"), "restore write access"),
+        (OSError(errno.EIO, "Input/output error"), "check the disk and its mount"),
+        (RuntimeError("serialization failed"), "check the disk, its free space"),
+    ],
+)
+def test_write_errors_name_the_fix_for_their_cause(error, fix):
+    class Manager:
+        directory = "/runs/x/checkpoints"
+
+        def all_steps(self):
+            return [2]
+
+    message = str(checkpointing._write_error(Manager(), error, 4))
+    assert f"Fix: {fix}" in message and "(steps [2]) are intact" in message
+
+
 def test_no_usable_checkpoint_is_an_error_and_nothing_changes(tmp_path):
     workdir = tmp_path / "run"
     train.train_and_evaluate(tiny_config(num_train_steps=4), str(workdir))
@@ -205,6 +272,7 @@ def test_full_disk_mid_run_is_a_clear_error_and_earlier_checkpoints_survive(tmp_
     assert "could not write checkpoint 4" in str(error.value)
     assert "No space left on device" in str(error.value)
     assert "(steps [2]) are intact" in str(error.value)
+    assert "Fix: free disk space" in str(error.value)
     monkeypatch.undo()
     assert _steps(workdir) == [2]
     resumed = train.train_and_evaluate(tiny_config(num_train_steps=6), str(workdir))

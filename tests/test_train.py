@@ -192,3 +192,22 @@ def test_object_store_workdir_is_refused_and_nothing_is_created(tmp_path, monkey
     with pytest.raises(UserError, match=r"is a URL.*gcsfuse"):
         train.train_and_evaluate(tiny_config(), "gs://bucket/run")
     assert not os.path.exists(tmp_path / "gs:")
+
+
+@pytest.mark.parametrize(
+    "env,local_devices,idle",
+    [
+        ({"SLURM_GPUS_ON_NODE": "8", "SLURM_NTASKS_PER_NODE": "1"}, 1, 7),
+        ({"SLURM_GPUS_ON_NODE": "8", "SLURM_NTASKS_PER_NODE": "8"}, 1, None),
+        ({"SLURM_GPUS_ON_NODE": "4", "SLURM_NTASKS_PER_NODE": "2(x3)"}, 1, 2),
+        ({"SLURM_GPUS_ON_NODE": "4", "SLURM_NTASKS_PER_NODE": "1"}, 4, None),
+        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "1"}, 1, None),  # GPU count unknown: no guess
+        ({}, 1, None),
+    ],
+)
+def test_idle_gpus_under_slurm_are_warned_about(env, local_devices, idle):
+    warning = train.unused_gpus_warning(env, local_devices)
+    if idle is None:
+        assert warning is None
+    else:
+        assert f"so {idle} stay idle" in warning and "--gpus-per-task=1" in warning
