@@ -43,6 +43,9 @@ MUST_MATCH_ON_RESUME = (
     "batch_size",
     "seed",
     "num_samples",
+    # The data stream: another buffer or sharding gives another order after resuming.
+    "shuffle_buffer_size",
+    "input_sharding",
 )
 
 
@@ -326,15 +329,15 @@ def load_latest(workdir: str, step: int | None = None):
             f"no checkpoints in {directory}. Fix: pass the --workdir of a training run "
             "(or convert PyTorch weights into one with python -m dcgan_jax.convert)."
         )
-    manager = make_manager(workdir)
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise UserError(
-            f"no checkpoint {'at step ' + str(step) if step is not None else ''} in {directory}"
-            f" (found steps {list(manager.all_steps())}). Fix: pass an existing step or workdir."
-        )
-    config = saved_config(manager, step)
-    generator, discriminator = models.make_models(config)
-    state = restore_state(manager, step, create_state(config, generator, discriminator))
-    manager.close()
+    with make_manager(workdir) as manager:  # closed on every path, errors included
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise UserError(
+                f"no checkpoint {'at step ' + str(step) if step is not None else ''} in "
+                f"{directory} (found steps {list(manager.all_steps())}). Fix: pass an existing "
+                "step or workdir."
+            )
+        config = saved_config(manager, step)
+        generator, discriminator = models.make_models(config)
+        state = restore_state(manager, step, create_state(config, generator, discriminator))
     return config, state

@@ -21,6 +21,7 @@ from dcgan_jax.state import create_state
 from dcgan_jax.validation import (
     UserError,
     check_workdir_writable,
+    describe_error,
     exit_on_user_error,
     validate_config,
 )
@@ -32,30 +33,39 @@ def _load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # missing, truncated or not a torch file
-        raise UserError(f"cannot read PyTorch weights from {path!r}: {e}") from e
-    if not isinstance(state_dict, dict):
-        raise UserError(f"{path!r} holds a {type(state_dict).__name__}, not a state dict.")
+        raise UserError(
+            f"cannot read PyTorch weights from {path!r} ({describe_error(e)}). Fix: pass the "
+            "state dicts pytorch/examples saves (netG_epoch_N.pth, netD_epoch_N.pth, written "
+            "by torch.save(net.state_dict(), path))."
+        ) from e
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise UserError(
+            f"{path!r} holds a {type(state_dict).__name__}, not a state dict of tensors. Fix: "
+            "save it with torch.save(net.state_dict(), path)."
+        )
     return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
 
 
 def torch_files_to_workdir(net_g_path: str, net_d_path: str, config, workdir: str) -> int:
     """Writes a step-0 checkpoint of `config`'s model holding the PyTorch weights."""
     validate_config(config, num_devices=1)
-    manager = checkpointing.make_manager(workdir, config.max_checkpoints)
-    if manager.all_steps():
-        raise UserError(
-            f"{manager.directory} already holds checkpoints {list(manager.all_steps())}; "
-            "nothing was written. Fix: convert into a new --workdir."
-        )
     check_workdir_writable(workdir)
+    # Everything that can fail on the user's files comes before the checkpoint directory is
+    # created or touched.
+    net_g, net_d = _load_torch_state_dict(net_g_path), _load_torch_state_dict(net_d_path)
     generator, discriminator = models.make_models(config)
     state = create_state(config, generator, discriminator)
-    state = conversion.load_into_state(
-        state, _load_torch_state_dict(net_g_path), _load_torch_state_dict(net_d_path), config
-    )
-    checkpointing.save(manager, state, config)
-    manager.wait_until_finished()
-    manager.close()
+    state = conversion.load_into_state(state, net_g, net_d, config)
+    with checkpointing.make_manager(workdir, config.max_checkpoints) as manager:
+        if manager.all_steps():
+            raise UserError(
+                f"{manager.directory} already holds checkpoints {list(manager.all_steps())}; "
+                "nothing was written. Fix: convert into a new --workdir."
+            )
+        checkpointing.save(manager, state, config)
+        manager.wait_until_finished()
     return int(state.step)
 
 

@@ -184,11 +184,17 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Training run directory (its checkpoints/ are read).")
-    flags.DEFINE_integer("num_samples", 10_000, "Generated images to evaluate.")
-    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+    flags.DEFINE_integer(
+        "num_samples", 10_000, "Generated images to evaluate (FID needs >= 2).", lower_bound=2
+    )
+    flags.DEFINE_integer(
+        "step", None, "Checkpoint step to evaluate (default: the latest).", lower_bound=0
+    )
     flags.DEFINE_string("fid_weights", "", "Path of pt_inception-2015-12-05-6726825d.pth.")
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    from dcgan_jax.validation import parse_flags
+
+    app.run(main, flags_parser=parse_flags)
 
 
 class TrainingEvaluator:

@@ -46,6 +46,11 @@ def load_latents(path: str, z_dim: int) -> np.ndarray:
 
 def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: int | None):
     """A grid (.png) or the raw float images (.npy) of --num random or the --z latents."""
+    if not out.endswith((".png", ".npy")):
+        raise UserError(
+            f"--out {out!r} must end in .png (a grid) or .npy (the raw images); for many "
+            "images use --format png (a directory) or --format npz."
+        )
     config, state = checkpointing.load_latest(workdir, step)
     if z_path:
         z = load_latents(z_path, config.z_dim)
@@ -54,13 +59,8 @@ def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: i
     images = np.asarray(sampling.generate_eval(state.sampling_generator(), z), np.float32)
     if out.endswith(".npy"):
         np.save(out, images)
-    elif out.endswith(".png"):
-        sampling.save_png(sampling.make_grid(images), out)
     else:
-        raise UserError(
-            f"--out {out!r} must end in .png (a grid) or .npy (the raw images); for many "
-            "images use --format png (a directory) or --format npz."
-        )
+        sampling.save_png(sampling.make_grid(images), out)
     print(f"Wrote {len(images)} images from step {int(state.step)} to {out}.")
 
 
@@ -141,13 +141,21 @@ def main(argv) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Training run directory (its checkpoints/ are read).")
     flags.DEFINE_string("out", "samples.png", "Output: .png grid or .npy float32 images.")
-    flags.DEFINE_integer("num", 64, "Number of random images (ignored with --z).")
+    flags.DEFINE_integer("num", 64, "Number of random images (ignored with --z).", lower_bound=1)
     flags.DEFINE_string("z", None, "Optional .npy of latent vectors, shape (n, z_dim).")
-    flags.DEFINE_integer("seed", 0, "Seed for the random latent vectors.")
-    flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+    flags.DEFINE_integer("seed", 0, "Seed for the random latent vectors.", lower_bound=0)
+    flags.DEFINE_integer(
+        "step", None, "Checkpoint step to load (default: the latest).", lower_bound=0
+    )
     flags.DEFINE_enum("format", "", ["", "png", "npz"], "Export --num images: png or npz.")
-    flags.DEFINE_integer("batch_size", 500, "Images generated per batch when exporting.")
-    flags.DEFINE_integer("interpolate", 0, "Number of latent walks to draw (0: none).")
-    flags.DEFINE_integer("steps", 10, "Images per latent walk.")
+    flags.DEFINE_integer(
+        "batch_size", 500, "Images generated per batch when exporting.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "interpolate", 0, "Number of latent walks to draw (0: none).", lower_bound=0
+    )
+    flags.DEFINE_integer("steps", 10, "Images per latent walk.", lower_bound=2)
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    from dcgan_jax.validation import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from dcgan_jax import checkpointing, guards, models, sampling, steps
 from dcgan_jax.state import GANState, create_state
@@ -462,9 +462,6 @@ def unused_gpus_warning(env, local_devices: int) -> str | None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        # Orbax and TFDS log every file operation at INFO; progress is printed instead.
-        logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     if f.compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         # Reruns and resumes reuse compiled programs instead of compiling them again.

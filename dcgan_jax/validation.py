@@ -77,15 +77,32 @@ def exit_on_user_error(*also: type[Exception]):
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`, where a
-    `--config.key=value` that names no field or does not parse is one `error:` line and
-    exit code 2 instead of a traceback."""
+    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`, where a bad flag,
+    a `--config.key=value` that names no field or does not parse, or a config file that is
+    missing or does not compile is one `error:` line and exit code 2 instead of a
+    traceback. Also lowers absl's logging to warnings unless --verbosity is given."""
     from absl import flags
 
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+        _check_config_file_loaded(flags.FLAGS)
+        if not flags.FLAGS["verbosity"].present:
+            # Orbax and TFDS log every file operation at INFO; the CLIs print progress.
+            from absl import logging
+
+            logging.set_verbosity(logging.WARNING)
+        return remaining
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except SyntaxError as e:  # raised while ml_collections loads the config file
+        print(
+            f"error: the config file {e.filename} has a syntax error at line {e.lineno} "
+            f"({e.msg}). Fix: correct it, or start from a file in configs/.",
+            file=sys.stderr,
+        )
     except flags.Error as e:
-        print(f"error: {e}. Pass --helpshort to see the flags.", file=sys.stderr)
+        message = str(e).rstrip(".")
+        print(f"error: {message}. Pass --helpshort to see the flags.", file=sys.stderr)
     except (KeyError, AttributeError) as e:
         print(
             f"error: a --config override names no config field ({str(e).strip(chr(34))}). "
@@ -99,6 +116,22 @@ def parse_flags(argv: list[str]) -> list[str]:
             file=sys.stderr,
         )
     sys.exit(2)
+
+
+def _check_config_file_loaded(flag_values) -> None:
+    """ml_collections defers a config file's load error (a missing file, a syntax error) to
+    the first use of the config, as a traceback; raise it here as a UserError instead."""
+    if "config" not in flag_values or flag_values["config"].value is None:
+        return
+    try:
+        flag_values["config"].value.keys()
+    except (OSError, AttributeError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        path = flag_values["config"].config_filename
+        raise UserError(
+            f"could not load the config file {path!r} ({lines[-1] if lines else e}). Fix: "
+            "pass an existing config file, e.g. --config configs/cifar.py."
+        ) from e
 
 
 def _is_int(value) -> bool:

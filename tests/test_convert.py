@@ -113,9 +113,21 @@ def test_conversion_never_overwrites(tmp_path):
         convert.workdir_to_torch_files(workdir, str(tmp_path / "out"))
 
 
-def test_unreadable_torch_file(tmp_path):
-    (tmp_path / "g.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read PyTorch weights"):
-        convert.torch_files_to_workdir(
-            str(tmp_path / "g.pth"), str(tmp_path / "g.pth"), tiny_config(), str(tmp_path / "r")
-        )
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"not a checkpoint", r"cannot read PyTorch weights .*\(UnpicklingError: [^\n]*\)\. Fix"),
+        ([1, 2, 3], r"holds a list, not a state dict of tensors\. Fix: save it with"),
+        ({"main.0.weight": "text"}, r"holds a dict, not a state dict of tensors"),
+    ],
+    ids=["not_torch", "a_list", "not_tensors"],
+)
+def test_unreadable_torch_file_is_one_line_and_writes_nothing(tmp_path, content, message):
+    path = tmp_path / "g.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(UserError, match=message):
+        convert.torch_files_to_workdir(str(path), str(path), tiny_config(), str(tmp_path / "r"))
+    assert not (tmp_path / "r" / "checkpoints").exists()

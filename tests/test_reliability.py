@@ -451,3 +451,15 @@ def test_lock_is_released_when_the_run_ends(tmp_path):
         pass
     with guards.WorkdirLock(str(tmp_path)) as lock:
         assert open(lock.path).read().startswith(f"pid {os.getpid()} on ")
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("shuffle_buffer_size", 1000), ("input_sharding", "global_batches"), ("seed", 1)],
+)
+def test_resume_refuses_a_config_that_changes_the_data_stream(field, value):
+    saved = tiny_config()
+    now = tiny_config(**{field: value})
+    with pytest.raises(UserError, match=rf"different config \({field}: checkpoint"):
+        checkpointing.check_compatible(saved, now, "/runs/x/checkpoints")
+    checkpointing.check_compatible(saved, tiny_config(), "/runs/x/checkpoints")  # same: fine

@@ -211,3 +211,42 @@ def test_idle_gpus_under_slurm_are_warned_about(env, local_devices, idle):
         assert warning is None
     else:
         assert f"so {idle} stay idle" in warning and "--gpus-per-task=1" in warning
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, r"could not load the config file '.*missing\.py' \(\[Errno 2\] No such file"),
+        ("def get_config(:\n", r"the config file .*broken\.py has a syntax error at line 1"),
+    ],
+    ids=["missing", "syntax_error"],
+)
+def test_cli_bad_config_file_is_one_clear_message(tmp_path, content, message):
+    import re
+
+    name = "missing.py" if content is None else "broken.py"
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    result = _cli("--config", name, "--workdir", str(tmp_path / "run"), cwd=str(tmp_path))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert re.search("error: " + message, result.stderr), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "module,args,message",
+    [
+        ("sample", ["--workdir", "w", "--num", "-3"], "flag --num=-3: -3 is not a positive"),
+        ("evaluate", ["--workdir", "w", "--num_samples", "1"], "flag --num_samples=1"),
+    ],
+)
+def test_cli_out_of_range_flags_are_one_clear_message(tmp_path, module, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", f"dcgan_jax.{module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=300,
+    )
+    assert result.returncode == 2 and f"error: {message}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
