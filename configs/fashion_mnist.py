@@ -4,9 +4,8 @@
 
 The MNIST model and schedule (configs/mnist.py, read from there) on TFDS `fashion_mnist`
 (~30 MB download).
-Compute: 5,000 steps x 64 images x 0.68 GFLOP = 0.22 PFLOP. On a Colab T4 (8 TFLOP/s fp32
-peak) that is an estimated 1-3 minutes of training at 25-50% utilisation, plus start-up; not
-yet measured on a GPU (none was available to this project's sessions so far).
+Compute: 5,000 steps x 64 images x 0.68 GFLOP = 0.22 PFLOP; a small share of what the
+CIFAR-10 model takes (see configs/cifar.py for measured speeds). Not measured itself.
 """
 
 import os

@@ -4,9 +4,8 @@
 
 The CIFAR-10 architecture with half the widths and a 1-channel output. TFDS downloads
 MNIST (~11 MB) on the first run; digits are recognisable after about 1,000 steps.
-Compute: 5,000 steps x 64 images x 0.68 GFLOP = 0.22 PFLOP. On a Colab T4 (8 TFLOP/s fp32
-peak) that is an estimated 1-3 minutes of training at 25-50% utilisation, plus start-up; not
-yet measured on a GPU (none was available to this project's sessions so far).
+Compute: 5,000 steps x 64 images x 0.68 GFLOP = 0.22 PFLOP; a small share of what the
+CIFAR-10 model takes (see configs/cifar.py for measured speeds). Not measured itself.
 """
 
 from dcgan_jax import default_config

@@ -60,7 +60,7 @@ def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: i
     if out.endswith(".npy"):
         np.save(out, images)
     else:
-        sampling.save_png(sampling.make_grid(images), out)
+        sampling.save_png(sampling.enlarge(sampling.make_grid(images)), out)
     print(f"Wrote {len(images)} images from step {int(state.step)} to {out}.")
 
 

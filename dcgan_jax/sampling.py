@@ -51,9 +51,18 @@ def generated_batches(g_state: TrainState, z_dim: int, num: int, batch_size: int
         yield np.asarray(generate_eval(g_state, z))
 
 
+def enlarge(grid: np.ndarray, min_width: int = 512) -> np.ndarray:
+    """`grid` scaled up by the smallest whole factor that makes it at least `min_width`
+    pixels wide (nearest neighbour: every pixel becomes a block, nothing is smoothed), so
+    that grids of 16-32 px images are readable; wide grids are returned as they are."""
+    factor = max(1, math.ceil(min_width / grid.shape[1]))
+    return grid if factor == 1 else grid.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def grid_image(images, num_columns: int | None = None) -> Image.Image:
-    """(N, H, W, C) images in [-1, 1] as one PIL image (for notebooks and files)."""
-    grid = make_grid(images, num_columns)
+    """(N, H, W, C) images in [-1, 1] as one PIL image, at least 512 px wide (`enlarge`),
+    for notebooks and files."""
+    grid = enlarge(make_grid(images, num_columns))
     return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
 
 

@@ -180,7 +180,7 @@ def write_sample_grid(state: GANState, workdir: str, step: int, writer: SummaryW
     grid = sampling.make_grid(images)
     path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
     try:
-        sampling.save_png(grid, path)
+        sampling.save_png(sampling.enlarge(grid), path)  # TensorBoard zooms by itself
     except OSError as e:
         raise UserError(
             f"could not write the sample grid {path} ({e.strerror or e}). Fix: free disk "

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from dcgan_jax import checkpointing, evaluate, inception, metrics, steps, train
+from dcgan_jax import checkpointing, evaluate, inception, metrics, sampling, steps, train
 from dcgan_jax.state import create_state
 from dcgan_jax.validation import UserError
 from tests.conftest import tiny_config
@@ -403,5 +403,16 @@ def test_export_writes_the_requested_count_and_format(tmp_path):
             str(tmp_path / out),
         )
         assert result.returncode == 0, result.stderr[-2000:]
-    assert Image.open(tmp_path / "walk.png").size == (5 * 18 + 2, 3 * 18 + 2)
+    # 3 walks of 5 images of 16 px with 2 px borders (92 x 56), enlarged 6x to >= 512 px.
+    assert Image.open(tmp_path / "walk.png").size == (6 * (5 * 18 + 2), 6 * (3 * 18 + 2))
     assert Image.open(tmp_path / "walk.gif").n_frames == 5 + 3  # forth and back
+
+
+def test_small_grids_are_enlarged_by_whole_factors_and_wide_ones_kept():
+    grid = np.arange(146 * 100 * 1, dtype=np.uint8).reshape(100, 146, 1)
+    big = sampling.enlarge(grid)
+    assert big.shape == (400, 584, 1)  # x4: the smallest whole factor reaching 512 px
+    np.testing.assert_array_equal(big[::4, ::4], grid)  # nearest neighbour: exact blocks
+    np.testing.assert_array_equal(big[3::4, 3::4], grid)
+    wide = np.zeros((10, 600, 3), np.uint8)
+    assert sampling.enlarge(wide) is wide
