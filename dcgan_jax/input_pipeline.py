@@ -14,6 +14,7 @@ per-epoch shuffles, and step t starts at example t * batch_size of that stream.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 
@@ -288,7 +289,7 @@ def create_dataset(
     own share of the data; with `config.input_sharding == "global_batches"`, its rows of
     the single-process run's global batch. `source` is `source_images(config)` when the
     caller has loaded it already. The converted images are cached in memory when they take
-    less than 2 GiB, unless `cache` says otherwise.
+    less than `config.cache_limit_gib`, unless `cache` says otherwise; process 0 says which.
     """
     if process_count is None:
         process_index, process_count = jax.process_index(), jax.process_count()
@@ -307,10 +308,30 @@ def create_dataset(
         seed=config.seed,
         shuffle_buffer_size=config.shuffle_buffer_size,
         start_step=start_step,
-        cache=num_examples * config.image_size**2 * config.channels < 2**31
-        if cache is None
-        else cache,
+        cache=_decide_cache(config, num_examples, process_index) if cache is None else cache,
     )
+
+
+def _decide_cache(config, num_examples: int, process_index: int) -> bool:
+    """Whether this process's decoded images fit under `config.cache_limit_gib`."""
+    size_gib = num_examples * config.image_size**2 * config.channels / 2**30
+    limit = config.get("cache_limit_gib", 2.0)
+    cache = size_gib < limit
+    if process_index == 0:
+        if cache:
+            print(
+                f"Caching the {num_examples:,} decoded images in memory ({size_gib:.2f} GiB "
+                f"< cache_limit_gib={limit:g}): later epochs skip decoding.",
+                flush=True,
+            )
+        else:
+            print(
+                f"Not caching the {num_examples:,} decoded images ({size_gib:.2f} GiB >= "
+                f"cache_limit_gib={limit:g}): every epoch decodes them again. With the memory "
+                f"to spare, --config.cache_limit_gib={math.ceil(size_gib + 1)} caches them.",
+                flush=True,
+            )
+    return cache
 
 
 def measure_throughput(config, num_batches: int, cache: bool | None = None) -> dict[str, float]:

@@ -188,6 +188,8 @@ def _field_problem(key: str, value) -> str | None:
         return (
             "must be a number in [0, 1) (0 turns the EMA off). Fix: e.g. --config.ema_decay=0.999"
         )
+    if key == "cache_limit_gib" and not (_is_real(value) and value >= 0):
+        return "must be a number of GiB >= 0 (0: never cache). Fix: --config.cache_limit_gib=4"
     if key == "seed" and not (_is_int(value) and 0 <= value < 2**31):
         return "must be an integer in [0, 2**31). Fix: e.g. --config.seed=0"
     return None

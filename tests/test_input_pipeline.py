@@ -271,3 +271,17 @@ def test_global_batches_give_each_process_its_rows_of_the_same_stream():
     for step in range(3):
         together = np.concatenate([parts[0][step], parts[1][step]])  # (2 processes x 1 device)
         np.testing.assert_array_equal(together.reshape(8, -1), single[step].reshape(8, -1))
+
+
+def test_cache_limit_decides_and_says_which_way(capsys):
+    from dcgan_jax import input_pipeline
+
+    config = tiny_config(image_size=64, channels=3, cache_limit_gib=4.0)
+    # CelebA's 202,599 images at 64x64x3 take 2.32 GiB: cached under the default limit.
+    assert input_pipeline._decide_cache(config, 202_599, process_index=0)
+    assert "Caching the 202,599 decoded images in memory (2.32 GiB" in capsys.readouterr().out
+    config.cache_limit_gib = 2.0
+    assert not input_pipeline._decide_cache(config, 202_599, process_index=0)
+    assert "--config.cache_limit_gib=4 caches them" in capsys.readouterr().out
+    assert not input_pipeline._decide_cache(config, 202_599, process_index=1)
+    assert capsys.readouterr().out == ""  # only process 0 speaks

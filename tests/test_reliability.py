@@ -346,6 +346,7 @@ ACCEPTS = {
     "channels": lambda v: _int(v) and v in (1, 3),
     "crop_size": lambda v: _int(v) and v >= 0,
     "shuffle_buffer_size": _POSITIVE,
+    "cache_limit_gib": lambda v: _number(v) and v >= 0,
     "z_dim": _POSITIVE,
     "g_features": _POSITIVE,
     "d_features": _POSITIVE,
