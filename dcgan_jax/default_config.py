@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Examples held in the shuffle buffer; bigger shuffles better and costs memory.
     config.shuffle_buffer_size = 50_000
     # The decoded, resized images are kept in memory after the first epoch when they take
-    # less than this many GiB (CelebA at 64x64: 2.5 GiB); larger datasets are decoded again
+    # less than this many GiB (CelebA at 64x64: 2.3 GiB); larger datasets are decoded again
     # every epoch. 0 never caches. The data order is the same either way.
     config.cache_limit_gib = 4.0
 
