@@ -120,8 +120,14 @@ def reference_statistics(config, features: metrics.InceptionFeatures, batch_size
 def evaluate_generator(
     g_state, z_dim: int, features, reference: dict, num_samples: int, batch_size: int = 200
 ) -> dict[str, float]:
-    """FID, Inception Score and KID of `num_samples` images of `g_state` (fixed seed)."""
-    batches = sampling.generated_batches(g_state, z_dim, num_samples, batch_size, seed=0)
+    """FID, Inception Score and KID of `num_samples` images of `g_state` (fixed seed), as
+    8-bit images."""
+    # Quantized to uint8 exactly as `sample --format png` writes them, and as the real
+    # images are: the FID of a run equals that of its exported PNGs (pytorch-fid's input).
+    batches = (
+        sampling.to_uint8(images).astype(np.float32) / 127.5 - 1.0
+        for images in sampling.generated_batches(g_state, z_dim, num_samples, batch_size, seed=0)
+    )
     pool3, logits = features.of_batches(batches)
     stats = metrics.feature_statistics(pool3)
     fid = metrics.frechet_distance(stats["mu"], stats["sigma"], reference["mu"], reference["sigma"])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from dcgan_jax import checkpointing, evaluate, inception, metrics, sampling, steps, train
+from dcgan_jax import checkpointing, evaluate, inception, metrics, models, sampling, steps, train
 from dcgan_jax.state import create_state
 from dcgan_jax.validation import UserError
 from tests.conftest import tiny_config
@@ -416,3 +416,28 @@ def test_small_grids_are_enlarged_by_whole_factors_and_wide_ones_kept():
     np.testing.assert_array_equal(big[3::4, 3::4], grid)
     wide = np.zeros((10, 600, 3), np.uint8)
     assert sampling.enlarge(wide) is wide
+
+
+def test_generated_images_are_measured_as_the_8_bit_images_export_writes():
+    config = tiny_config()
+    g, d = models.make_models(config)
+    state = create_state(config, g, d)
+    seen = []
+
+    class RecordingFeatures:
+        def of_batches(self, batches):
+            images = np.concatenate(list(batches))
+            seen.append(images)
+            rng = np.random.default_rng(0)
+            return rng.standard_normal((len(images), 4)), rng.standard_normal((len(images), 6))
+
+    pool = np.random.default_rng(1).standard_normal((20, 4))
+    reference = {**metrics.feature_statistics(pool), "kid_features": pool, "n": 20}
+    evaluate.evaluate_generator(
+        state.generator, config.z_dim, RecordingFeatures(), reference, 12, batch_size=5
+    )
+    (images,) = seen
+    levels = (images.astype(np.float64) + 1.0) * 127.5
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)  # on the uint8 grid
+    raw = np.concatenate(list(sampling.generated_batches(state.generator, config.z_dim, 12, 5, 0)))
+    np.testing.assert_array_equal(sampling.to_uint8(raw), sampling.to_uint8(images))
