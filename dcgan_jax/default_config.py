@@ -80,8 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 0
     config.eval_num_samples = 10_000
     config.fid_weights = ""
-    # Training images the reference statistics are computed from (the first ones in file
-    # order), and where they are cached (empty = ~/.cache/dcgan_jax/fid_stats).
+    # Training images the reference statistics are computed from (a seeded uniform subset
+    # of the split), and where they are cached (empty = ~/.cache/dcgan_jax/fid_stats).
     config.fid_reference_samples = 50_000
     config.fid_stats_dir = ""
     # Non-finite losses are looked for at every log line (and parameters before every

@@ -88,16 +88,43 @@ def reference_cache_path(config, cache_dir: str, num_images: int) -> str:
         dataset = f"folder-{os.path.basename(folder)}-{digest}"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
     shape = f"{config.image_size}x{config.image_size}x{config.channels}"
-    return os.path.join(cache_dir, f"{name}_{shape}_crop{config.crop_size}_n{num_images}.npz")
+    # "r": a seeded random subset of the split (earlier caches held its first images).
+    return os.path.join(cache_dir, f"{name}_{shape}_crop{config.crop_size}_n{num_images}r.npz")
+
+
+# The reference subset is drawn with this seed, independent of the run's, so that every
+# run on a dataset is compared with the same real images.
+REFERENCE_SUBSET_SEED = 0
+
+
+def reference_subset(images, num_examples: int, count: int):
+    """`count` images of the `images` dataset drawn uniformly without replacement (seeded),
+    in file order. Taking the first images instead would, for a folder sorted by class,
+    give a few classes only."""
+    import tensorflow as tf
+
+    if count >= num_examples:
+        return images
+    chosen = np.zeros(num_examples, bool)
+    rng = np.random.default_rng(REFERENCE_SUBSET_SEED)
+    chosen[rng.choice(num_examples, count, replace=False)] = True
+    mask = tf.constant(chosen)
+    return (
+        images.enumerate()
+        .filter(lambda index, image: tf.gather(mask, index))
+        .map(lambda index, image: image)
+    )
 
 
 def reference_statistics(config, features: metrics.InceptionFeatures, batch_size: int = 200):
-    """{"mu", "sigma", "n", "kid_features"} of the training split's first
-    `config.fid_reference_samples` images (in file order), cached on disk."""
+    """{"mu", "sigma", "n", "kid_features"} of `config.fid_reference_samples` images of the
+    training split (a seeded random subset when the split is larger; see
+    `reference_subset`), cached on disk."""
     from dcgan_jax import input_pipeline
 
-    images, count = input_pipeline.source_images(config, 0, 1)
-    count = min(count, config.fid_reference_samples)
+    images, num_examples = input_pipeline.source_images(config, 0, 1)
+    count = min(num_examples, config.fid_reference_samples)
+    images = reference_subset(images, num_examples, count)
     cache_dir = config.fid_stats_dir or os.path.join(CACHE_DIR, "fid_stats")
     path = reference_cache_path(config, cache_dir, count)
     if os.path.isfile(path):
@@ -109,7 +136,9 @@ def reference_statistics(config, features: metrics.InceptionFeatures, batch_size
     )
     pool3, _ = features.of_batches(batches)
     stats = metrics.feature_statistics(pool3)
-    stats["kid_features"] = pool3[:KID_REFERENCE_FEATURES].astype(np.float32)
+    # KID's features: a random subset too (the subset above is in file order).
+    rows = np.random.default_rng(REFERENCE_SUBSET_SEED).permutation(len(pool3))
+    stats["kid_features"] = pool3[np.sort(rows[:KID_REFERENCE_FEATURES])].astype(np.float32)
     os.makedirs(cache_dir, exist_ok=True)
     partial = f"{path}.partial-{os.getpid()}.npz"
     np.savez(partial, **stats)

@@ -441,3 +441,16 @@ def test_generated_images_are_measured_as_the_8_bit_images_export_writes():
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)  # on the uint8 grid
     raw = np.concatenate(list(sampling.generated_batches(state.generator, config.z_dim, 12, 5, 0)))
     np.testing.assert_array_equal(sampling.to_uint8(raw), sampling.to_uint8(images))
+
+
+def test_reference_images_are_a_seeded_uniform_subset_not_the_first_ones():
+    import tensorflow as tf
+
+    images = tf.data.Dataset.range(1000)
+    picked = list(evaluate.reference_subset(images, 1000, 100).as_numpy_iterator())
+    again = list(evaluate.reference_subset(images, 1000, 100).as_numpy_iterator())
+    assert picked == again and len(set(picked)) == 100  # seeded, without replacement
+    assert picked == sorted(picked) and picked[-1] > 500  # spread over the split
+    assert 350 < np.mean(picked) < 650
+    everything = evaluate.reference_subset(images, 1000, 5000)
+    assert list(everything.as_numpy_iterator()) == list(range(1000))
