@@ -305,11 +305,20 @@ def create_dataset(
         batch_size=config.batch_size if rows else local_batch,
         rows=rows,
         num_devices=num_devices,
-        seed=config.seed,
+        seed=config.seed if rows else share_seed(config.seed, process_index),
         shuffle_buffer_size=config.shuffle_buffer_size,
         start_step=start_step,
         cache=_decide_cache(config, num_examples, process_index) if cache is None else cache,
     )
+
+
+def share_seed(seed: int, process_index: int) -> int:
+    """The shuffle seed of process `process_index`'s share: with one seed for all shares,
+    the i-th image of every share would land in the same global batch every epoch. Process
+    0 keeps `seed`, so a single-process run's order does not change."""
+    if process_index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0] % 2**31)
 
 
 def _decide_cache(config, num_examples: int, process_index: int) -> bool:

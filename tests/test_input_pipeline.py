@@ -285,3 +285,20 @@ def test_cache_limit_decides_and_says_which_way(capsys):
     assert "--config.cache_limit_gib=4 caches them" in capsys.readouterr().out
     assert not input_pipeline._decide_cache(config, 202_599, process_index=1)
     assert capsys.readouterr().out == ""  # only process 0 speaks
+
+
+def test_each_process_share_is_shuffled_with_its_own_seed():
+    from dcgan_jax import input_pipeline
+
+    config = tiny_config(batch_size=8)
+    orders = []
+    for process in range(2):
+        ds = input_pipeline.create_dataset(config, 1, process_index=process, process_count=2)
+        first = next(ds.as_numpy_iterator())
+        orders.append(first)
+    # Process 0 keeps the run's seed (a 1-process run's order is unchanged); process 1's
+    # share is shuffled differently, not in lockstep with it.
+    assert input_pipeline.share_seed(config.seed, 0) == config.seed
+    seeds = {input_pipeline.share_seed(config.seed, p) for p in range(8)}
+    assert len(seeds) == 8 and all(0 <= s < 2**31 for s in seeds)
+    assert orders[0].shape == orders[1].shape and not np.array_equal(orders[0], orders[1])
