@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -12,12 +13,23 @@ from PIL import Image
 from dcgan_jax.state import TrainState
 
 
-@jax.jit
-def generate_eval(g_state: TrainState, z: jax.Array) -> jax.Array:
-    """G(z) in inference mode (BatchNorm uses its running statistics): images in [-1, 1]."""
-    return g_state.apply_fn(
-        {"params": g_state.params, "batch_stats": g_state.batch_stats}, z, train=False
-    )
+@functools.partial(jax.jit, static_argnums=0)
+def _generate(apply_fn, variables, z: jax.Array) -> jax.Array:
+    return apply_fn(variables, z, train=False)
+
+
+def eval_variables(g_state: TrainState) -> dict:
+    """The generator's weights and running statistics, on the device: what sampling needs
+    (not the Adam moments, which are twice the weights' size)."""
+    return jax.device_put({"params": g_state.params, "batch_stats": g_state.batch_stats})
+
+
+def generate_eval(g_state: TrainState, z: jax.Array, variables: dict | None = None) -> jax.Array:
+    """G(z) in inference mode (BatchNorm uses its running statistics): images in [-1, 1].
+    `variables` (from `eval_variables`) saves the copy to the device for repeated calls."""
+    if variables is None:
+        variables = {"params": g_state.params, "batch_stats": g_state.batch_stats}
+    return _generate(g_state.apply_fn, variables, z)
 
 
 def to_uint8(images) -> np.ndarray:
@@ -45,10 +57,11 @@ def generated_batches(g_state: TrainState, z_dim: int, num: int, batch_size: int
     (float images in [-1, 1]); batch b's latents come from fold_in(key, b * batch_size), so
     the images do not depend on anything but the seed and the batch size."""
     key = jax.random.PRNGKey(seed)
+    variables = eval_variables(g_state)  # placed on the device once, for all batches
     for start in range(0, num, batch_size):
         count = min(batch_size, num - start)
         z = jax.random.normal(jax.random.fold_in(key, start), (count, z_dim))
-        yield np.asarray(generate_eval(g_state, z))
+        yield np.asarray(generate_eval(g_state, z, variables))
 
 
 def enlarge(grid: np.ndarray, min_width: int = 512) -> np.ndarray:
