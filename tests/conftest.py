@@ -1,6 +1,7 @@
 """Test setup: two fake CPU devices, so the pmap code paths run on any machine."""
 
 import os
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (
@@ -8,6 +9,12 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole session, inherited by the subprocesses
+# the tests start: the same small programs are compiled once, not in every process.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="dcgan_jax_tests_jax_cache_")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax
 import pytest

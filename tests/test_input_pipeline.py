@@ -10,6 +10,7 @@ from PIL import Image
 
 from dcgan_jax import input_pipeline
 from dcgan_jax.validation import ConfigError, UserError, validate_config
+from tests import commands
 from tests.conftest import tiny_config
 from tests.test_models import _load_config
 
@@ -240,7 +241,7 @@ def test_pipeline_benchmark_cli_prints_images_per_second():
             "-m",
             "dcgan_jax.input_pipeline",
             "--config",
-            "configs/digits.py",
+            os.path.join(commands.REPO, "configs", "digits.py"),
             "--benchmark",
             "--num_batches",
             "20",

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,8 @@ from dcgan_jax.state import create_state
 def _load_config(name):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(path, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
