@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import models, train
+from dcgan_jax import default_config, models, train
 from dcgan_jax.validation import UserError, exit_on_user_error, validate_config
 
 
@@ -73,9 +73,7 @@ class JaxRunner:
     def __init__(self, config, batch: np.ndarray, convolutions: str | None = None):
         self.name = "jax" if convolutions is None else f"jax {convolutions}"
         if convolutions is not None:
-            config = config.copy_and_resolve_references()
-            with config.unlocked():
-                config.convolutions = convolutions
+            config = default_config.with_overrides(config, convolutions=convolutions)
         devices = jax.local_devices()
         self.devices = devices
         state = train.replicate(train.init_state(config), devices)

@@ -31,11 +31,10 @@ import traceback
 
 import jax
 
-from dcgan_jax import benchmark, default_config, parity
+from dcgan_jax import benchmark, default_config, models, parity
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 CONFIGS = ("cifar", "celeba")
-FORMULATIONS = ("matmul", "lax")
 
 
 def suite_configs(tiny: bool) -> dict:
@@ -47,14 +46,6 @@ def suite_configs(tiny: bool) -> dict:
             config.z_dim = 8
         configs[name] = config
     return configs
-
-
-def _with(config, **overrides):
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        for key, value in overrides.items():
-            config[key] = value
-    return config
 
 
 def _describe_devices() -> list[str]:
@@ -122,7 +113,9 @@ def _diagnose(results: dict, config, tiny: bool) -> None:
     step (its kernel time beside its wall time)."""
     t0 = time.perf_counter()
     try:
-        errors = parity.float64_gradient_errors(_with(config, batch_size=2 if tiny else 32))
+        errors = parity.float64_gradient_errors(
+            default_config.with_overrides(config, batch_size=2 if tiny else 32)
+        )
         results["float64_gradient_errors"] = errors
         for side, by_tensor in errors.items():
             worst = sorted(by_tensor.items(), key=lambda kv: -kv[1])[:4]
@@ -136,7 +129,7 @@ def _diagnose(results: dict, config, tiny: bool) -> None:
 
         profile = {}
         for batch_size in (4, 8) if tiny else (64, 256):
-            cfg = _with(config, batch_size=batch_size)
+            cfg = default_config.with_overrides(config, batch_size=batch_size)
             batch = np.random.default_rng(0).uniform(
                 -1, 1, (batch_size, cfg.image_size, cfg.image_size, cfg.channels)
             )
@@ -200,15 +193,17 @@ def run_suite(
     print("versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()))
     _write(out_dir, results)
 
-    parity_cases = [(name, conv, "highest") for name in CONFIGS for conv in FORMULATIONS]
-    parity_cases += [("cifar", conv, "default") for conv in FORMULATIONS]
+    parity_cases = [(name, conv, "highest") for name in CONFIGS for conv in models.FORMULATIONS]
+    parity_cases += [("cifar", conv, "default") for conv in models.FORMULATIONS]
     if not with_parity:
         parity_cases = []
     for name, conv, precision in parity_cases:
         row = {"config": name, "convolutions": conv, "precision": precision}
         t0 = time.perf_counter()
         try:
-            config = _with(configs[name], batch_size=max(2, 32 // (16 if tiny else 1)))
+            config = default_config.with_overrides(
+                configs[name], batch_size=max(2, 32 // (16 if tiny else 1))
+            )
             row.update(parity.measure(config, conv, precision))
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -241,7 +236,7 @@ def run_suite(
                     continue
                 t0 = time.perf_counter()
                 try:
-                    config = _with(
+                    config = default_config.with_overrides(
                         configs[name], batch_size=batch_size, half_precision=precision == "bf16"
                     )
                     measured = benchmark.run_benchmark(
@@ -251,7 +246,7 @@ def run_suite(
                         # torch.compile takes tens of seconds per shape: only while
                         # less than 60% of the budget is spent.
                         torch_compile=torch_compile and elapsed < 0.6 * budget_s,
-                        jax_convolutions=FORMULATIONS,
+                        jax_convolutions=models.FORMULATIONS,
                         min_window_s=0.0 if tiny else 0.2,
                     )
                     measured["model"] = measured.pop("config")

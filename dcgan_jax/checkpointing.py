@@ -95,14 +95,18 @@ def _write_error(manager, e: Exception, step: int | None = None) -> UserError:
     )
 
 
-def _write_fix(error: BaseException) -> str:
-    """What to do about a failed write, from the OS error behind it (if any)."""
-    seen, codes = set(), set()
+def _error_chain(error: BaseException | None):
+    """`error` and the exceptions behind it (its cause, or else its context), in order."""
+    seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno is not None:
-            codes.add(error.errno)
+        yield error
         error = error.__cause__ or error.__context__
+
+
+def _write_fix(error: BaseException) -> str:
+    """What to do about a failed write, from the OS error behind it (if any)."""
+    codes = {e.errno for e in _error_chain(error) if isinstance(e, OSError) and e.errno is not None}
     if codes & {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}:
         return "free disk space (or raise the quota) where the workdir is"
     if codes & {errno.EACCES, errno.EPERM, errno.EROFS}:
@@ -175,14 +179,11 @@ _ENVIRONMENT_ERRNOS = frozenset(
 
 def _environment_error(error: BaseException | None) -> BaseException | None:
     """The operating-system error (or MemoryError) behind `error`, following its causes."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, MemoryError) or (
-            isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS
+    for e in _error_chain(error):
+        if isinstance(e, MemoryError) or (
+            isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS
         ):
-            return error
-        error = error.__cause__ or error.__context__
+            return e
     return None
 
 

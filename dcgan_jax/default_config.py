@@ -90,6 +90,15 @@ def get_config() -> ml_collections.ConfigDict:
     return config
 
 
+def with_overrides(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+    """A copy of `config` with `overrides` set (the original is left as it is)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for key, value in overrides.items():
+            config[key] = value
+    return config
+
+
 def upgrade_legacy_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Rewrites fields of older versions in place (configs and checkpoints written before):
     `fast_convolutions=True` (the old default) becomes `convolutions="auto"`, `False`

@@ -324,7 +324,7 @@ def share_seed(seed: int, process_index: int) -> int:
 def _decide_cache(config, num_examples: int, process_index: int) -> bool:
     """Whether this process's decoded images fit under `config.cache_limit_gib`."""
     size_gib = num_examples * config.image_size**2 * config.channels / 2**30
-    limit = config.get("cache_limit_gib", 2.0)
+    limit = config.cache_limit_gib
     cache = size_gib < limit
     if process_index == 0:
         if cache:

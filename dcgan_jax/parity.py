@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax import conversion, models, steps, torch_reference
+from dcgan_jax import conversion, default_config, models, steps, torch_reference
 from dcgan_jax.state import create_state
 
 # What the CPU tests assert in float32 (tests/test_torch_parity.py): forward outputs to
@@ -33,6 +33,22 @@ def _max_rel(actual, expected) -> float:
 def _l2_rel(actual, expected) -> float:
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-12))
+
+
+def _numpy_state_dict(net) -> dict[str, np.ndarray]:
+    # Copies: on the CPU `.numpy()` shares the tensor's memory, which the reference's
+    # in-place updates would change under JAX's feet (JAX may read it asynchronously).
+    return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+
+
+def _torch_named(tree, train_state, layout) -> dict[str, np.ndarray]:
+    """`tree` (the network's parameters, or a same-shaped tree such as Adam's first
+    moments) under the reference's parameter names."""
+    variables = {
+        "params": jax.device_get(tree),
+        "batch_stats": jax.device_get(train_state.batch_stats),
+    }
+    return conversion.flax_to_torch(variables, layout)
 
 
 @contextlib.contextmanager
@@ -66,19 +82,16 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.convolutions = convolutions
-        config.half_precision = False
+    config = default_config.with_overrides(config, convolutions=convolutions, half_precision=False)
     net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
     net_g, net_d = net_g.to(device), net_d.to(device)
     opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
     generator, discriminator = models.make_models(config)
-    # Copies: on the CPU `.numpy()` shares the tensor's memory, which the reference's
-    # in-place updates would change under JAX's feet (JAX may read it asynchronously).
-    numpy_sd = lambda net: {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
     state = conversion.load_into_state(
-        create_state(config, generator, discriminator), numpy_sd(net_g), numpy_sd(net_d), config
+        create_state(config, generator, discriminator),
+        _numpy_state_dict(net_g),
+        _numpy_state_dict(net_d),
+        config,
     )
     rng = np.random.default_rng(seed)
     size = config.image_size
@@ -91,7 +104,7 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
         variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
         return train_state.apply_fn(variables, x, train=True, mutable=["batch_stats"])[0]
 
-    initial = {net: numpy_sd(net) for net in (net_g, net_d)}
+    initial = {net: _numpy_state_dict(net) for net in (net_g, net_d)}
     with matmul_precision(torch, precision):
         with torch.no_grad():
             fake_ref = net_g(z_torch).cpu().numpy().transpose(0, 2, 3, 1)
@@ -120,15 +133,8 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
         (net_g, opt_g, new_state.generator, conversion.generator_layout(config)),
         (net_d, opt_d, new_state.discriminator, conversion.discriminator_layout(config)),
     ):
-        variables = {
-            "params": jax.device_get(train_state.opt_state[0].mu),
-            "batch_stats": jax.device_get(train_state.batch_stats),
-        }
-        moments = conversion.flax_to_torch(variables, layout)
-        params = conversion.flax_to_torch(
-            {"params": jax.device_get(train_state.params), "batch_stats": variables["batch_stats"]},
-            layout,
-        )
+        moments = _torch_named(train_state.opt_state[0].mu, train_state, layout)
+        params = _torch_named(train_state.params, train_state, layout)
         for name, param in net.named_parameters():
             expected = opt.state[param]["exp_avg"].detach().cpu().numpy()
             gradient_errors.append(_l2_rel(moments[name], expected))
@@ -156,13 +162,9 @@ def float64_gradient_errors(
     """
     import torch
 
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.convolutions = "matmul"
-        config.half_precision = False
+    config = default_config.with_overrides(config, convolutions="matmul", half_precision=False)
     net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
-    numpy_sd = lambda net: {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-    sd_g, sd_d = numpy_sd(net_g), numpy_sd(net_d)
+    sd_g, sd_d = _numpy_state_dict(net_g), _numpy_state_dict(net_d)
     rng = np.random.default_rng(seed)
     size = config.image_size
     real = rng.uniform(-1, 1, (config.batch_size, size, size, config.channels))
@@ -170,8 +172,7 @@ def float64_gradient_errors(
     layouts = (conversion.generator_layout(config), conversion.discriminator_layout(config))
 
     def jax_moments(dtype, convolutions):
-        cfg = config.copy_and_resolve_references()
-        cfg.convolutions = convolutions
+        cfg = default_config.with_overrides(config, convolutions=convolutions)
         g, d = models.make_models(cfg)
         g, d = g.clone(dtype=dtype), d.clone(dtype=dtype)
         cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
@@ -187,11 +188,7 @@ def float64_gradient_errors(
         for prefix, train_state, layout in zip(
             "GD", (new_state.generator, new_state.discriminator), layouts, strict=True
         ):
-            variables = {
-                "params": jax.device_get(train_state.opt_state[0].mu),
-                "batch_stats": jax.device_get(train_state.batch_stats),
-            }
-            converted = conversion.flax_to_torch(variables, layout)
+            converted = _torch_named(train_state.opt_state[0].mu, train_state, layout)
             moments.update(
                 {f"{prefix}.{k}": np.asarray(v, np.float64) for k, v in converted.items()}
             )

@@ -28,7 +28,7 @@ def generate_eval(g_state: TrainState, z: jax.Array, variables: dict | None = No
     """G(z) in inference mode (BatchNorm uses its running statistics): images in [-1, 1].
     `variables` (from `eval_variables`) saves the copy to the device for repeated calls."""
     if variables is None:
-        variables = {"params": g_state.params, "batch_stats": g_state.batch_stats}
+        variables = eval_variables(g_state)
     return _generate(g_state.apply_fn, variables, z)
 
 

@@ -18,7 +18,7 @@ import math
 import os
 import time
 
-from dcgan_jax import benchmark
+from dcgan_jax import benchmark, default_config
 
 # One colour per image size (colour-blind-safe palette).
 _COLOURS = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233))
@@ -39,10 +39,9 @@ def run_sweep(
     start = time.perf_counter()
     for image_size in image_sizes:
         for batch_size in batch_sizes:
-            point_config = config.copy_and_resolve_references()
-            with point_config.unlocked():
-                point_config.image_size = image_size
-                point_config.batch_size = batch_size
+            point_config = default_config.with_overrides(
+                config, image_size=image_size, batch_size=batch_size
+            )
             result = benchmark.run_benchmark(
                 point_config,
                 windows=windows,
