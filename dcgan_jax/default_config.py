@@ -78,6 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
     # pt_inception-2015-12-05-6726825d.pth; empty = ~/.cache/dcgan_jax, downloaded once.
     # Without the weights, evaluation is skipped with a warning and training goes on.
     config.eval_every_steps = 0
+    # The feature network: "auto" = the digits classifier (FDD, no download; see
+    # dcgan_jax/digits_features.py) for the digits dataset, the FID Inception otherwise;
+    # "inception" or "digits" to choose.
+    config.eval_features = "auto"
     config.eval_num_samples = 10_000
     config.fid_weights = ""
     # Training images the reference statistics are computed from (a seeded uniform subset
@@ -102,7 +106,11 @@ def with_overrides(config: ml_collections.ConfigDict, **overrides) -> ml_collect
 def upgrade_legacy_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Rewrites fields of older versions in place (configs and checkpoints written before):
     `fast_convolutions=True` (the old default) becomes `convolutions="auto"`, `False`
-    becomes `convolutions="lax"`. Returns `config`."""
+    becomes `convolutions="lax"`; a config without `eval_features` (added later) gets
+    "auto", which scores as before except on the digits. Returns `config`."""
+    if "eval_features" not in config:
+        with config.unlocked():
+            config.eval_features = "auto"
     if "fast_convolutions" in config:
         with config.unlocked():
             fast = config.fast_convolutions

@@ -75,6 +75,26 @@ def load_features(weights: str = "", download: bool = True) -> metrics.Inception
     return metrics.InceptionFeatures(variables)
 
 
+def uses_digits_features(config) -> bool:
+    """Whether evaluation scores with the digits classifier (FDD) rather than Inception."""
+    choice = config.get("eval_features", "auto")
+    return choice == "digits" or (choice == "auto" and config.dataset == "digits")
+
+
+def features_and_reference(config, weights: str = ""):
+    """The feature network evaluation uses for `config` and the real images' statistics it
+    compares with: for the digits, the digits classifier (trained once, cached) and its
+    training half (see digits_features; no download); otherwise the FID Inception and the
+    training split's cached statistics. UserError when something needed is missing."""
+    if uses_digits_features(config):
+        from dcgan_jax import digits_features
+
+        evaluation = digits_features.DigitsEvaluation(config, CACHE_DIR)
+        return evaluation.features, evaluation.reference
+    features = load_features(weights or config.fid_weights)
+    return features, reference_statistics(config, features)
+
+
 def reference_cache_path(config, cache_dir: str, num_images: int) -> str:
     """Where the training split's statistics for this data configuration are cached."""
     dataset = config.dataset
@@ -150,7 +170,9 @@ def evaluate_generator(
     g_state, z_dim: int, features, reference: dict, num_samples: int, batch_size: int = 200
 ) -> dict[str, float]:
     """FID, Inception Score and KID of `num_samples` images of `g_state` (fixed seed), as
-    8-bit images."""
+    8-bit images, with the given feature network: for the digits classifier the distance
+    is the FDD and the score the digits Inception Score (the keys stay "fid" and
+    "inception_score"; "distance" and "features" say which)."""
     # Quantized to uint8 exactly as `sample --format png` writes them, and as the real
     # images are: the FID of a run equals that of its exported PNGs (pytorch-fid's input).
     batches = (
@@ -170,6 +192,8 @@ def evaluate_generator(
         "kid_std": kid_std,
         "num_samples": num_samples,
         "num_reference": int(reference["n"]),
+        "distance": getattr(features, "distance_name", "FID"),
+        "features": getattr(features, "name", "unnamed"),
     }
 
 
@@ -193,19 +217,21 @@ def run(workdir: str, num_samples: int, step: int | None, weights: str) -> dict:
     config, state = checkpointing.load_latest(workdir, step)
     if num_samples < 2:
         raise UserError("--num_samples must be at least 2 (FID needs a covariance).")
-    features = load_features(weights or config.fid_weights)
-    reference = reference_statistics(config, features)
+    features, reference = features_and_reference(config, weights)
     results, out = evaluate_and_record(state, config, features, reference, num_samples, workdir)
     print(format_results(results) + f"\nWrote {out}.")
     return results
 
 
 def format_results(results: dict) -> str:
+    distance = results.get("distance", "FID")
+    score = "digits Inception Score" if distance == "FDD" else "Inception Score"
     return (
-        f"step {results['step']}: FID {results['fid']:.2f} | Inception Score "
+        f"step {results['step']}: {distance} {results['fid']:.2f} | {score} "
         f"{results['inception_score']:.2f} +- {results['inception_score_std']:.2f} | KID "
         f"{results['kid']:.4f} +- {results['kid_std']:.4f} ({results['num_samples']} samples "
-        f"vs {results['num_reference']} training images)"
+        f"vs {results['num_reference']} training images; {results.get('features', 'inception')} "
+        "features)"
     )
 
 
@@ -257,8 +283,7 @@ class TrainingEvaluator:
         config = self._config
         if self._features is None:
             try:
-                self._features = load_features(config.fid_weights)
-                self._reference = reference_statistics(config, self._features)
+                self._features, self._reference = features_and_reference(config)
             except UserError as e:
                 self._log(f"warning: evaluation is off for this run: {e}")
                 self._disabled = True

@@ -101,6 +101,9 @@ def kernel_inception_distance(
 class InceptionFeatures:
     """pool3 features and logits of image batches, computed with jit on the default device."""
 
+    name = "inception-v3-pool3"
+    distance_name = "FID"
+
     def __init__(self, variables: dict):
         self._variables = jax.device_put(variables)
         self._apply = jax.jit(inception.FIDInceptionV3().apply)

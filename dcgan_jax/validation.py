@@ -41,6 +41,7 @@ _POSITIVE_INTS = (
 )
 _BOOLS = ("half_precision", "check_finite_every_step")
 _STRINGS = (
+    "eval_features",
     "dataset",
     "data_dir",
     "convolutions",
@@ -173,6 +174,8 @@ def _field_problem(key: str, value) -> str | None:
         )
     if key == "convolutions" and value not in ("auto", "matmul", "lax"):
         return "must be 'auto', 'matmul' or 'lax'. Fix: --config.convolutions=auto"
+    if key == "eval_features" and value not in ("auto", "inception", "digits"):
+        return "must be 'auto', 'inception' or 'digits'. Fix: --config.eval_features=auto"
     if key == "d_head" and value not in ("conv", "linear"):
         return "must be 'conv' or 'linear'. Fix: --config.d_head=linear"
     if key == "learning_rate" and not (_is_real(value) and 0 < value < 1):
@@ -225,6 +228,11 @@ def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
         problem = _field_problem(key, config[key])
         if problem:
             raise ConfigError(f"config.{key}={config[key]!r} {problem}.")
+    if config.eval_features == "digits" and config.dataset != "digits":
+        raise ConfigError(
+            f"config.eval_features='digits' scores with a classifier of the digits dataset, "
+            f"not of {config.dataset!r}. Fix: --config.eval_features=auto."
+        )
     if config.dataset.startswith(FOLDER_PREFIX):
         folder = config.dataset[len(FOLDER_PREFIX) :]
         if not os.path.isdir(folder):

@@ -243,7 +243,8 @@ def test_evaluation_without_weights_offline_names_the_file(tmp_path, monkeypatch
 def test_training_goes_on_without_fid_weights(tmp_path, monkeypatch, capsys):
     _no_network(monkeypatch)
     monkeypatch.setattr(evaluate, "CACHE_DIR", str(tmp_path / "cache"))
-    state = train.train_and_evaluate(tiny_config(eval_every_steps=2), str(tmp_path / "run"))
+    config = tiny_config(eval_every_steps=2, eval_features="inception")
+    state = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert int(state.step) == 4
     assert "warning: evaluation is off for this run" in capsys.readouterr().out
 
@@ -267,6 +268,7 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
         fid_reference_samples=40,
         fid_weights=weight_file,
         fid_stats_dir=str(stats_dir),
+        eval_features="inception",
     )
     workdir = tmp_path / "run"
     train.train_and_evaluate(config, str(workdir))

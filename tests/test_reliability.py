@@ -363,6 +363,7 @@ ACCEPTS = {
     "ema_decay": lambda v: _number(v) and 0 <= v < 1,
     "eval_every_steps": lambda v: _int(v) and v >= 0,
     "eval_num_samples": lambda v: _int(v) and v >= 2,
+    "eval_features": lambda v: v in ("auto", "inception", "digits") and isinstance(v, str),
     "fid_reference_samples": lambda v: _int(v) and v >= 2,
     "fid_weights": lambda v: isinstance(v, str),
     "fid_stats_dir": lambda v: isinstance(v, str),
@@ -383,7 +384,17 @@ ANY_VALUE = st.one_of(
     st.sampled_from([0.0, 2e-4, 0.5, 0.999, 1.0, -0.1]),
     st.text(max_size=12),
     st.sampled_from(
-        [*DATASETS, "lsun/bedroom", "lsun/", "folder:/nonexistent", "conv", "x", "global_batches"]
+        [
+            *DATASETS,
+            "lsun/bedroom",
+            "lsun/",
+            "folder:/nonexistent",
+            "conv",
+            "x",
+            "global_batches",
+            "digits",
+            "inception",
+        ]
     ),
     st.lists(st.integers(), max_size=2),
 )
