@@ -68,14 +68,6 @@ class JaxRun:
         self.state = create_state(self.config, *models.make_models(self.config))
         update_ema = self.config.ema_decay > 0
         self._step = jax.jit(lambda s, x: steps.train_step(s, x, update_ema=update_ema))
-        self._batch_bn = jax.jit(
-            lambda g, z: g.apply_fn(
-                {"params": g.params, "batch_stats": g.batch_stats},
-                z,
-                train=True,
-                mutable=["batch_stats"],
-            )[0]
-        )
 
     def train_step(self, real: np.ndarray) -> None:
         self.state, _ = self._step(self.state, real)
@@ -87,16 +79,12 @@ class JaxRun:
         return gens
 
     def sample(self, generator, z: np.ndarray, batch_stats: bool, batch_size: int):
-        if not batch_stats:
-            return np.concatenate(
-                [
-                    np.asarray(sampling.generate_eval(generator, z[i : i + batch_size]))
-                    for i in range(0, len(z), batch_size)
-                ]
-            )
+        variables = sampling.eval_variables(generator)
         return np.concatenate(
             [
-                np.asarray(self._batch_bn(generator, z[i : i + batch_size]))
+                np.asarray(
+                    sampling.generate_eval(generator, z[i : i + batch_size], variables, batch_stats)
+                )
                 for i in range(0, len(z), batch_size)
             ]
         )

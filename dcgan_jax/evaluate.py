@@ -167,7 +167,13 @@ def reference_statistics(config, features: metrics.InceptionFeatures, batch_size
 
 
 def evaluate_generator(
-    g_state, z_dim: int, features, reference: dict, num_samples: int, batch_size: int = 200
+    g_state,
+    z_dim: int,
+    features,
+    reference: dict,
+    num_samples: int,
+    batch_size: int = 200,
+    batch_statistics: bool = False,
 ) -> dict[str, float]:
     """FID, Inception Score and KID of `num_samples` images of `g_state` (fixed seed), as
     8-bit images, with the given feature network: for the digits classifier the distance
@@ -177,7 +183,9 @@ def evaluate_generator(
     # images are: the FID of a run equals that of its exported PNGs (pytorch-fid's input).
     batches = (
         sampling.to_uint8(images).astype(np.float32) / 127.5 - 1.0
-        for images in sampling.generated_batches(g_state, z_dim, num_samples, batch_size, seed=0)
+        for images in sampling.generated_batches(
+            g_state, z_dim, num_samples, batch_size, 0, batch_statistics
+        )
     )
     pool3, logits = features.of_batches(batches)
     stats = metrics.feature_statistics(pool3)
@@ -200,9 +208,11 @@ def evaluate_generator(
 def evaluate_and_record(state, config, features, reference, num_samples: int, workdir: str):
     """Evaluates the state's sampling generator and writes workdir/eval/step_<N>.json."""
     started = time.perf_counter()
+    batch_stats = sampling.batch_statistics(config)
     results = evaluate_generator(
-        state.sampling_generator(), config.z_dim, features, reference, num_samples
+        state.sampling_generator(), config.z_dim, features, reference, num_samples, 200, batch_stats
     )
+    results["sample_batchnorm"] = "batch" if batch_stats else "running"
     results["step"] = int(state.step)
     results["ema_decay"] = float(config.ema_decay)
     results["seconds"] = time.perf_counter() - started

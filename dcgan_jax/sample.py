@@ -56,7 +56,8 @@ def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: i
         z = load_latents(z_path, config.z_dim)
     else:
         z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num, config.z_dim)))
-    images = np.asarray(sampling.generate_eval(state.sampling_generator(), z), np.float32)
+    generator, batch_stats = state.sampling_generator(), sampling.batch_statistics(config)
+    images = np.asarray(sampling.generate_eval(generator, z, None, batch_stats), np.float32)
     if out.endswith(".npy"):
         np.save(out, images)
     else:
@@ -64,9 +65,16 @@ def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: i
     print(f"Wrote {len(images)} images from step {int(state.step)} to {out}.")
 
 
-def _batches(state, z_dim: int, num: int, batch_size: int, seed: int):
+def _batches(config, state, num: int, batch_size: int, seed: int):
     """(index of the first image, uint8 images) of the sampling generator, batch by batch."""
-    batches = sampling.generated_batches(state.sampling_generator(), z_dim, num, batch_size, seed)
+    batches = sampling.generated_batches(
+        state.sampling_generator(),
+        config.z_dim,
+        num,
+        batch_size,
+        seed,
+        sampling.batch_statistics(config),
+    )
     for start, images in zip(range(0, num, batch_size), batches, strict=True):
         yield start, sampling.to_uint8(images)
 
@@ -80,7 +88,7 @@ def export(workdir: str, out: str, num: int, fmt: str, batch_size: int, seed: in
     if fmt == "png":
         os.makedirs(out, exist_ok=True)
         width = max(6, len(str(num - 1)))
-        for start, images in _batches(state, config.z_dim, num, batch_size, seed):
+        for start, images in _batches(config, state, num, batch_size, seed):
             for i, image in enumerate(images):
                 sampling.save_png(image, os.path.join(out, f"{start + i:0{width}d}.png"))
     elif fmt == "npz":
@@ -92,7 +100,7 @@ def export(workdir: str, out: str, num: int, fmt: str, batch_size: int, seed: in
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             array_path = os.path.join(tmp, "images.npy")
             array = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape)
-            for start, images in _batches(state, config.z_dim, num, batch_size, seed):
+            for start, images in _batches(config, state, num, batch_size, seed):
                 array[start : start + len(images)] = images
             array.flush()
             del array
@@ -111,7 +119,8 @@ def interpolate(workdir: str, out: str, num_walks: int, num_steps: int, seed: in
     if num_walks < 1 or num_steps < 2:
         raise UserError("--interpolate must be >= 1 and --steps >= 2.")
     z = sampling.interpolation_latents(seed, num_walks, num_steps, config.z_dim)
-    images = np.asarray(sampling.generate_eval(state.sampling_generator(), z))
+    generator, batch_stats = state.sampling_generator(), sampling.batch_statistics(config)
+    images = np.asarray(sampling.generate_eval(generator, z, None, batch_stats))
     if out.endswith(".png"):
         sampling.grid_image(images, num_columns=num_steps).save(out)
     elif out.endswith(".gif"):

@@ -13,9 +13,18 @@ from PIL import Image
 from dcgan_jax.state import TrainState
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _generate(apply_fn, variables, z: jax.Array) -> jax.Array:
-    return apply_fn(variables, z, train=False)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _generate(apply_fn, variables, z: jax.Array, batch_statistics: bool = False) -> jax.Array:
+    if not batch_statistics:
+        return apply_fn(variables, z, train=False)
+    # Training-mode BatchNorm on this batch; the updated running averages are dropped.
+    return apply_fn(variables, z, train=True, mutable=["batch_stats"])[0]
+
+
+def batch_statistics(config) -> bool:
+    """Whether `config` samples with BatchNorm's batch statistics rather than its running
+    averages (`sample_batchnorm`; configs and checkpoints from before it: running)."""
+    return config.get("sample_batchnorm", "running") == "batch"
 
 
 def eval_variables(g_state: TrainState) -> dict:
@@ -24,12 +33,19 @@ def eval_variables(g_state: TrainState) -> dict:
     return jax.device_put({"params": g_state.params, "batch_stats": g_state.batch_stats})
 
 
-def generate_eval(g_state: TrainState, z: jax.Array, variables: dict | None = None) -> jax.Array:
-    """G(z) in inference mode (BatchNorm uses its running statistics): images in [-1, 1].
-    `variables` (from `eval_variables`) saves the copy to the device for repeated calls."""
+def generate_eval(
+    g_state: TrainState,
+    z: jax.Array,
+    variables: dict | None = None,
+    batch_statistics: bool = False,
+) -> jax.Array:
+    """G(z) for sampling: images in [-1, 1]. BatchNorm uses its running averages, or with
+    `batch_statistics` the statistics of this batch of `z` (as pytorch/examples draws its
+    grids, in training mode); nothing in `g_state` changes either way. `variables` (from
+    `eval_variables`) saves the copy to the device for repeated calls."""
     if variables is None:
         variables = eval_variables(g_state)
-    return _generate(g_state.apply_fn, variables, z)
+    return _generate(g_state.apply_fn, variables, z, batch_statistics)
 
 
 def to_uint8(images) -> np.ndarray:
@@ -52,8 +68,15 @@ def make_grid(images, num_columns: int | None = None, padding: int = 2) -> np.nd
     return grid
 
 
-def generated_batches(g_state: TrainState, z_dim: int, num: int, batch_size: int, seed: int):
-    """G(z) in inference mode for `num` latents drawn from `seed`, `batch_size` at a time
+def generated_batches(
+    g_state: TrainState,
+    z_dim: int,
+    num: int,
+    batch_size: int,
+    seed: int,
+    batch_statistics: bool = False,
+):
+    """G(z) (see `generate_eval`) for `num` latents drawn from `seed`, `batch_size` at a time
     (float images in [-1, 1]); batch b's latents come from fold_in(key, b * batch_size), so
     the images do not depend on anything but the seed and the batch size."""
     key = jax.random.PRNGKey(seed)
@@ -61,7 +84,7 @@ def generated_batches(g_state: TrainState, z_dim: int, num: int, batch_size: int
     for start in range(0, num, batch_size):
         count = min(batch_size, num - start)
         z = jax.random.normal(jax.random.fold_in(key, start), (count, z_dim))
-        yield np.asarray(generate_eval(g_state, z, variables))
+        yield np.asarray(generate_eval(g_state, z, variables, batch_statistics))
 
 
 def enlarge(grid: np.ndarray, min_width: int = 512) -> np.ndarray:

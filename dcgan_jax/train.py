@@ -174,9 +174,12 @@ class SummaryWriter:
         self._writer.close()
 
 
-def write_sample_grid(state: GANState, workdir: str, step: int, writer: SummaryWriter) -> str:
+def write_sample_grid(
+    state: GANState, workdir: str, step: int, writer: SummaryWriter, batch_statistics: bool = False
+) -> str:
     """Generates the fixed-noise sample grid, saves it as a PNG and a TensorBoard image."""
-    images = sampling.generate_eval(state.sampling_generator(), state.fixed_noise)
+    generator = state.sampling_generator()
+    images = sampling.generate_eval(generator, state.fixed_noise, None, batch_statistics)
     grid = sampling.make_grid(images)
     path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
     try:
@@ -364,7 +367,9 @@ def _train_loop(
             continue
         host_state = unreplicate(replicated)  # one device-to-host copy for all three
         if sample_now:
-            path = write_sample_grid(host_state, workdir, step, writer)
+            path = write_sample_grid(
+                host_state, workdir, step, writer, sampling.batch_statistics(config)
+            )
             if on_samples is not None:
                 on_samples(step, path)
         if eval_now:

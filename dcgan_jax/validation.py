@@ -42,6 +42,7 @@ _POSITIVE_INTS = (
 _BOOLS = ("half_precision", "check_finite_every_step")
 _STRINGS = (
     "eval_features",
+    "sample_batchnorm",
     "dataset",
     "data_dir",
     "convolutions",
@@ -174,6 +175,8 @@ def _field_problem(key: str, value) -> str | None:
         )
     if key == "convolutions" and value not in ("auto", "matmul", "lax"):
         return "must be 'auto', 'matmul' or 'lax'. Fix: --config.convolutions=auto"
+    if key == "sample_batchnorm" and value not in ("running", "batch"):
+        return "must be 'running' or 'batch'. Fix: --config.sample_batchnorm=running"
     if key == "eval_features" and value not in ("auto", "inception", "digits"):
         return "must be 'auto', 'inception' or 'digits'. Fix: --config.eval_features=auto"
     if key == "d_head" and value not in ("conv", "linear"):

@@ -63,6 +63,33 @@ def tiny_config(**overrides):
     return config
 
 
+@pytest.fixture
+def seed(request) -> int:
+    """A fresh random seed for each run of a test (so that repeated runs explore new
+    weights and inputs), or DCGAN_TEST_SEED when set. A failing test reports its seed and
+    the command that replays it (see pytest_runtest_makereport)."""
+    import numpy as np
+
+    value = os.environ.get("DCGAN_TEST_SEED")
+    value = int(value) if value else int(np.random.SeedSequence().entropy % 2**31)
+    request.node.user_properties.append(("seed", value))
+    return value
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    seeds = [value for key, value in item.user_properties if key == "seed"]
+    if report.failed and seeds:
+        report.sections.append(
+            (
+                "replay with the same random seed",
+                f"DCGAN_TEST_SEED={seeds[0]} python -m pytest '{item.nodeid}'",
+            )
+        )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _check_devices():
     assert jax.local_device_count() == NUM_DEVICES, "XLA_FLAGS was set after jax was imported"

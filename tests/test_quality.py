@@ -456,3 +456,26 @@ def test_reference_images_are_a_seeded_uniform_subset_not_the_first_ones():
     assert 350 < np.mean(picked) < 650
     everything = evaluate.reference_subset(images, 1000, 5000)
     assert list(everything.as_numpy_iterator()) == list(range(1000))
+
+
+def test_sampling_with_batch_statistics_is_training_mode_without_side_effects():
+    config = tiny_config()
+    state = create_state(config, *models.make_models(config))
+    g = state.generator
+    z = jax.random.normal(jax.random.PRNGKey(0), (6, config.z_dim))
+    before = jax.device_get(g.batch_stats)
+    batch = sampling.generate_eval(g, z, batch_statistics=True)
+    expected = g.apply_fn(
+        {"params": g.params, "batch_stats": g.batch_stats}, z, train=True, mutable=["batch_stats"]
+    )[0]
+    # Jitted vs op by op: the same function up to float32 rounding.
+    np.testing.assert_allclose(np.asarray(batch), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    running = sampling.generate_eval(g, z)
+    assert not np.allclose(np.asarray(batch), np.asarray(running))
+    assert _tree_equal(before, g.batch_stats)
+    assert not sampling.batch_statistics(config)
+    assert sampling.batch_statistics(tiny_config(sample_batchnorm="batch"))
+    # Configs and checkpoints from before the field sample as they did: running averages.
+    legacy = tiny_config()
+    del legacy["sample_batchnorm"]
+    assert not sampling.batch_statistics(legacy)

@@ -363,6 +363,7 @@ ACCEPTS = {
     "ema_decay": lambda v: _number(v) and 0 <= v < 1,
     "eval_every_steps": lambda v: _int(v) and v >= 0,
     "eval_num_samples": lambda v: _int(v) and v >= 2,
+    "sample_batchnorm": lambda v: v in ("running", "batch") and isinstance(v, str),
     "eval_features": lambda v: v in ("auto", "inception", "digits") and isinstance(v, str),
     "fid_reference_samples": lambda v: _int(v) and v >= 2,
     "fid_weights": lambda v: isinstance(v, str),
@@ -394,6 +395,8 @@ ANY_VALUE = st.one_of(
             "global_batches",
             "digits",
             "inception",
+            "batch",
+            "running",
         ]
     ),
     st.lists(st.integers(), max_size=2),

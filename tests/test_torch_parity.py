@@ -84,8 +84,7 @@ def _apply(train_state, x, train):
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 @pytest.mark.parametrize("train", [True, False])
-def test_forward_passes_match(arch, train):
-    seed = np.random.SeedSequence().entropy % 2**31  # fresh weights and inputs each run
+def test_forward_passes_match(arch, train, seed):
     config, state, (net_g, net_d, *_), real, z = _setup(arch, seed)
     if not train:
         gen = torch.Generator().manual_seed(seed)
@@ -183,7 +182,7 @@ def _train_both(arch, seed, dtype, num_steps, check, optimizers_out=None):
 # BatchNorm biases 4e-2). The float64 test removes rounding and checks every tensor to 1e-7
 # after 10 steps: the computations are the same.
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_training_steps_match_in_float32(arch):
+def test_training_steps_match_in_float32(arch, seed):
     lr = tiny_config().learning_rate
 
     def check(i, state, metrics, reference, nets):
@@ -196,18 +195,18 @@ def test_training_steps_match_in_float32(arch):
             _compare_states(state, *nets, 1e-2, assert_close_l2, noisy_atol=20.1 * lr)
 
     optimizers = []
-    _train_both(arch, np.random.SeedSequence().entropy % 2**31, np.float32, 10, check, optimizers)
+    _train_both(arch, seed, np.float32, 10, check, optimizers)
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_training_steps_match_in_float64(arch):
+def test_training_steps_match_in_float64(arch, seed):
     def check(i, state, metrics, reference, nets):
         for key in reference:
             assert_close(metrics[key], reference[key], 1e-9)
         _compare_states(state, *nets, 1e-7)
 
     with jax.enable_x64(True):
-        state = _train_both(arch, np.random.SeedSequence().entropy % 2**31, np.float64, 10, check)
+        state = _train_both(arch, seed, np.float64, 10, check)
         assert state.generator.params["UpConv_0"]["kernel"].dtype == jnp.float64
 
 
@@ -246,11 +245,10 @@ def test_mismatched_state_dict_is_refused_with_the_fix():
 
 
 @pytest.mark.parametrize("convolutions", ["matmul", "lax"])
-def test_parity_module_measures_agreement_on_this_device(convolutions):
+def test_parity_module_measures_agreement_on_this_device(convolutions, seed):
     from dcgan_jax import parity
 
     config = tiny_config(**ARCHITECTURES["cifar"], z_dim=16, batch_size=8)
-    seed = np.random.SeedSequence().entropy % 2**31
     result = parity.measure(config, convolutions, "highest", seed=seed)
     assert result["forward_holds_1e-5"] and result["gradients_hold_1e-4"], (seed, result)
     assert result["metrics"] < 1e-4, (seed, result)
