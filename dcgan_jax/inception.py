@@ -351,7 +351,3 @@ def _flat_names(tree) -> set[str]:
             tree, is_leaf=lambda x: isinstance(x, tuple)
         )
     }
-
-
-def count_parameters(variables: dict) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables["params"]))

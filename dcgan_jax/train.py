@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import os
 import signal
@@ -21,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import checkpointing, guards, models, sampling, steps
+from dcgan_jax import checkpointing, distributed, guards, models, sampling, steps
 from dcgan_jax.state import GANState, create_state
 from dcgan_jax.validation import (
     UserError,
@@ -212,7 +213,7 @@ def train_and_evaluate(
     check_workdir_writable(workdir)
     # Process 0 speaks for a multi-process run: it holds the lock, logs and writes samples.
     with guards.WorkdirLock(workdir) if is_primary() else contextlib.nullcontext():
-        return _train_locked(config, workdir, devices, on_samples)
+        return _resume_and_train(config, workdir, devices, on_samples)
 
 
 def is_primary() -> bool:
@@ -238,19 +239,40 @@ class _NoWriter:
         pass
 
 
+def is_time(step: int, every: int, last_step: int) -> bool:
+    """Whether a periodic action (logging, samples, evaluation, checkpoints) runs after
+    `step`: every `every` steps, and always after the last one."""
+    return step % every == 0 or step == last_step
+
+
 def _agreed_stop(stop: guards.GracefulStop, step: int, config) -> bool:
     """Whether to stop after `step`. With several processes, a signal seen by any of them
     stops all of them, at the next log step, so that all save the same step."""
     if jax.process_count() == 1:
         return stop.requested
-    if step % config.log_every_steps and step != config.num_train_steps:
+    if not is_time(step, config.log_every_steps, config.num_train_steps):
         return False
     from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
 
 
-def _train_locked(config, workdir: str, devices, on_samples) -> GANState:
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the training loop works with besides the state."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    devices: list
+    manager: object  # the Orbax CheckpointManager
+    writer: object  # SummaryWriter on process 0, _NoWriter elsewhere
+    dataset: object  # the tf.data pipeline of this process's batches
+    stop: guards.GracefulStop
+    on_samples: Callable[[int, str], None] | None
+
+
+def _resume_and_train(config, workdir: str, devices, on_samples) -> GANState:
+    """Resumes from the newest usable checkpoint (or starts), trains, and saves."""
     from dcgan_jax import input_pipeline  # TensorFlow is only needed from here on
 
     # Loading (or failing to load) the data comes before any checkpoint is touched.
@@ -279,9 +301,8 @@ def _train_locked(config, workdir: str, devices, on_samples) -> GANState:
         dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
         writer = SummaryWriter(workdir) if is_primary() else _NoWriter()
         with guards.GracefulStop() as stop:
-            state = _train_loop(
-                config, workdir, devices, manager, writer, state, dataset, stop, on_samples
-            )
+            run = _Run(config, workdir, devices, manager, writer, dataset, stop, on_samples)
+            state = _train_loop(run, state)
         checkpointing.finish_writes(manager)
         if int(state.step) < config.num_train_steps:
             cause = stop.signal_name or "a signal to another process of this run"
@@ -301,15 +322,20 @@ def _train_locked(config, workdir: str, devices, on_samples) -> GANState:
             writer.close()
 
 
-def _train_loop(
-    config, workdir, devices, manager, writer, state, dataset, stop, on_samples
-) -> GANState:
+def _train_loop(run: _Run, state: GANState) -> GANState:
     """Steps until num_train_steps or a stop request; logs, samples and checkpoints."""
+    config, workdir, devices, manager, writer = (
+        run.config,
+        run.workdir,
+        run.devices,
+        run.manager,
+        run.writer,
+    )
     start_step = step = int(state.step)
     last_saved = start_step if manager.latest_step() is not None else None
     p_train_step = make_p_train_step(devices, update_ema=config.ema_decay > 0)
     replicated = replicate(state, devices)
-    batches = prefetch_to_devices(dataset.as_numpy_iterator(), devices)
+    batches = prefetch_to_devices(run.dataset.as_numpy_iterator(), devices)
 
     evaluator = None
     if config.eval_every_steps:
@@ -341,8 +367,8 @@ def _train_loop(
             window_steps += 1
         if config.check_finite_every_step:
             check_finite_metrics(summarize_metrics([metrics]), step, last_saved)
-        is_last = step == config.num_train_steps
-        if step % config.log_every_steps == 0 or is_last:
+        last = config.num_train_steps
+        if is_time(step, config.log_every_steps, last):
             summary = summarize_metrics(history)
             check_finite_metrics(summary, step, last_saved)
             elapsed = time.perf_counter() - window_start
@@ -359,10 +385,10 @@ def _train_loop(
             )
             writer.scalars(step, {**summary, **rates})
             history, window_steps, window_start = [], 0, time.perf_counter()
-        stopping = _agreed_stop(stop, step, config)
-        sample_now = (step % config.sample_every_steps == 0 or is_last) and is_primary()
-        eval_now = evaluator is not None and (step % config.eval_every_steps == 0 or is_last)
-        save_now = step % config.checkpoint_every_steps == 0 or is_last or stopping
+        stopping = _agreed_stop(run.stop, step, config)
+        sample_now = is_time(step, config.sample_every_steps, last) and is_primary()
+        eval_now = evaluator is not None and is_time(step, config.eval_every_steps, last)
+        save_now = is_time(step, config.checkpoint_every_steps, last) or stopping
         if not (sample_now or eval_now or save_now):
             continue
         host_state = unreplicate(replicated)  # one device-to-host copy for all three
@@ -370,8 +396,8 @@ def _train_loop(
             path = write_sample_grid(
                 host_state, workdir, step, writer, sampling.batch_statistics(config)
             )
-            if on_samples is not None:
-                on_samples(step, path)
+            if run.on_samples is not None:
+                run.on_samples(step, path)
         if eval_now:
             results = evaluator(host_state)
             if results is not None:
@@ -384,86 +410,6 @@ def _train_loop(
     return unreplicate(replicated)
 
 
-def detect_cluster() -> str | None:
-    """The multi-process launcher this process runs under, if any (by its environment)."""
-    env = os.environ
-    if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return "SLURM"
-    if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
-        return "Open MPI"
-    if len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
-        return "TPU pod slice"
-    return None
-
-
-def initialize_distributed(
-    mode: str,
-    coordinator_address: str | None,
-    num_processes: int | None,
-    process_id: int | None,
-    heartbeat_timeout_s: int,
-) -> None:
-    """Joins a multi-process run through jax.distributed, before any other JAX call.
-
-    mode "auto" joins when --coordinator_address is given or a launcher is detected
-    (SLURM, Open MPI, TPU pod slice), "on" always (JAX's own detection fills in what is
-    not given), "off" never. A process that stops sending heartbeats for
-    `heartbeat_timeout_s` seconds is declared dead and the others stop.
-    """
-    explicit = coordinator_address is not None
-    if (num_processes is not None or process_id is not None) and not explicit:
-        raise UserError(
-            "--num_processes and --process_id need --coordinator_address=HOST:PORT "
-            "(the address of process 0)."
-        )
-    cluster = detect_cluster()
-    if mode == "off" or (mode == "auto" and not explicit and cluster is None):
-        return
-    # CPU processes exchange gradients with gloo (GPUs and TPUs use their own collectives).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(
-            coordinator_address,
-            num_processes,
-            process_id,
-            heartbeat_timeout_seconds=heartbeat_timeout_s,
-        )
-    except Exception as e:
-        raise UserError(
-            f"could not join the multi-process run ({cluster or coordinator_address or 'auto'}"
-            f"; {describe_error(e)}). Fix: "
-            "start every process with the same --coordinator_address (process 0's HOST:PORT, "
-            "reachable from all) and --num_processes, and a distinct --process_id."
-        ) from e
-    log(
-        f"Process {jax.process_index()} of {jax.process_count()} ({cluster or 'explicit'}); "
-        f"{jax.device_count()} devices in all, {jax.local_device_count()} here."
-    )
-    warning = unused_gpus_warning(os.environ, jax.local_device_count())
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-
-
-def unused_gpus_warning(env, local_devices: int) -> str | None:
-    """A warning when a SLURM or Open MPI process holds fewer GPUs than its node's share.
-
-    JAX's cluster detection gives each process the one GPU of its local rank, so a node
-    with several GPUs needs one process (task) per GPU; with fewer, GPUs sit idle.
-    """
-    gpus = env.get("SLURM_GPUS_ON_NODE")
-    tasks = env.get("SLURM_NTASKS_PER_NODE") or env.get("OMPI_COMM_WORLD_LOCAL_SIZE")
-    if not (gpus and tasks and gpus.isdigit() and tasks.split("(")[0].isdigit()):
-        return None
-    gpus, tasks = int(gpus), int(tasks.split("(")[0])
-    if tasks * local_devices >= gpus:
-        return None
-    return (
-        f"warning: this node has {gpus} GPUs but runs {tasks} process(es) with "
-        f"{local_devices} GPU(s) each, so {gpus - tasks * local_devices} stay idle. Fix: one "
-        f"process per GPU, e.g. srun --ntasks-per-node={gpus} --gpus-per-task=1."
-    )
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -472,7 +418,7 @@ def main(argv) -> None:
         # Reruns and resumes reuse compiled programs instead of compiling them again.
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(f.compilation_cache))
     with exit_on_user_error(FloatingPointError):
-        initialize_distributed(
+        distributed.initialize(
             f.distributed, f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_s
         )
         try:

@@ -76,6 +76,20 @@ def seed(request) -> int:
     return value
 
 
+@pytest.fixture
+def _repeat_index(request) -> int:
+    return request.param
+
+
+def pytest_generate_tests(metafunc):
+    """DCGAN_TEST_REPEAT=N runs every test that takes a fresh `seed` N times (N seeds):
+    DCGAN_TEST_REPEAT=200 python -m pytest tests/test_torch_parity.py -k float32"""
+    repeat = int(os.environ.get("DCGAN_TEST_REPEAT", "1"))
+    if repeat > 1 and "seed" in metafunc.fixturenames:
+        metafunc.fixturenames.append("_repeat_index")
+        metafunc.parametrize("_repeat_index", range(repeat), indirect=True, ids=lambda i: f"run{i}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -88,7 +88,7 @@ KNOWN_SHAPES = {
 def test_fid_inception_has_the_reference_parameter_count_and_layout():
     variables = inception.random_variables()
     # torchvision's Inception-v3 without the auxiliary head (23,834,568) with a 1008-way fc.
-    assert inception.count_parameters(variables) == inception.NUM_PARAMETERS == 23_850_960
+    assert models.count_params(variables["params"]) == inception.NUM_PARAMETERS == 23_850_960
     state_dict = inception.state_dict_from_variables(variables)
     assert len(state_dict) == 94 * 5 + 2  # 94 conv+BN layers (w, BN w/b/mean/var) + fc
     for name, shape in KNOWN_SHAPES.items():
@@ -118,7 +118,7 @@ def test_weight_file_loads_without_torch_by_name(tmp_path):
     for name, value in state_dict.items():
         np.testing.assert_array_equal(read[name], value)
     variables = inception.variables_from_state_dict(read)
-    assert inception.count_parameters(variables) == inception.NUM_PARAMETERS
+    assert models.count_params(variables["params"]) == inception.NUM_PARAMETERS
 
     del tensors["Mixed_7c.branch_pool.conv.weight"]
     torch.save(tensors, tmp_path / "wrong.pth")

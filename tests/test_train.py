@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dcgan_jax import checkpointing, train
+from dcgan_jax import checkpointing, distributed, train
 from dcgan_jax.validation import ConfigError, UserError
 from tests.conftest import tiny_config
 
@@ -206,7 +206,7 @@ def test_object_store_workdir_is_refused_and_nothing_is_created(tmp_path, monkey
     ],
 )
 def test_idle_gpus_under_slurm_are_warned_about(env, local_devices, idle):
-    warning = train.unused_gpus_warning(env, local_devices)
+    warning = distributed.unused_gpus_warning(env, local_devices)
     if idle is None:
         assert warning is None
     else:
@@ -250,3 +250,8 @@ def test_cli_out_of_range_flags_are_one_clear_message(tmp_path, module, args, me
     )
     assert result.returncode == 2 and f"error: {message}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_periodic_actions_run_every_n_steps_and_after_the_last():
+    assert [step for step in range(1, 11) if train.is_time(step, 4, 10)] == [4, 8, 10]
+    assert [step for step in range(1, 9) if train.is_time(step, 4, 8)] == [4, 8]
