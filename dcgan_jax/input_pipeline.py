@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -182,9 +183,16 @@ def _readable_folder_files(directory: str) -> list[str]:
     return good
 
 
+class ImageSource(NamedTuple):
+    """A process's training images (uint8, in the model's format) and how many there are."""
+
+    images: tf.data.Dataset
+    num_examples: int
+
+
 def source_images(
     config, process_index: int | None = None, process_count: int | None = None
-) -> tuple[tf.data.Dataset, int]:
+) -> ImageSource:
     """This process's share of the training images in the model's format, and its size.
 
     Each of `process_count` processes (default: JAX's) reads a disjoint, contiguous block of
@@ -223,7 +231,7 @@ def source_images(
             + (f" per process ({process_count} processes)" if process_count > 1 else "")
             + f", fewer than the batch of {local_batch}. Fix: a smaller --config.batch_size."
         )
-    return ds, num_examples
+    return ImageSource(ds, num_examples)
 
 
 def batched_stream(
@@ -356,7 +364,7 @@ def measure_throughput(config, num_batches: int, cache: bool | None = None) -> d
     source = source_images(config, 0, 1)
     dataset = create_dataset(config, 1, source=source, process_count=1, cache=cache)
     batches = dataset.as_numpy_iterator()
-    batches_per_epoch = -(-source[1] // config.batch_size)
+    batches_per_epoch = -(-source.num_examples // config.batch_size)
     for _ in range(batches_per_epoch):
         next(batches)
     first_epoch_s = time.perf_counter() - started

@@ -177,7 +177,9 @@ def test_processes_read_disjoint_equal_shares_of_digits():
     shares = [input_pipeline.source_images(config, p, 2) for p in range(2)]
     assert [count for _, count in shares] == [898, 898]  # 1,797 // 2; one left out
     halves = [np.stack(list(ds.as_numpy_iterator())) for ds, _ in shares]
-    everything = np.stack(list(input_pipeline.source_images(config, 0, 1)[0].as_numpy_iterator()))
+    everything = np.stack(
+        list(input_pipeline.source_images(config, 0, 1).images.as_numpy_iterator())
+    )
     np.testing.assert_array_equal(np.concatenate(halves), everything[:1796])
 
 
