@@ -10,6 +10,7 @@ close the two are and under which matrix-unit precision.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,44 @@ def matmul_precision(torch, precision: str):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+# ReLU and LeakyReLU have a kink at 0: an input within float32 rounding of it (~1e-6 of
+# its layer's scale) can fall on either side in two implementations, and then its whole
+# gradient contribution differs (measured: one such element of 32,768 moved G's gradients
+# by 1e-2 relative, where both frameworks otherwise agree with float64 to 5e-7). Float32
+# gradients are only comparable when every activation input is farther than this from 0,
+# relative to its layer's RMS (a 10x margin over the rounding).
+KINK_MARGIN = 1e-5
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _activation_inputs(apply_fn, variables, inputs):
+    """The inputs of every ReLU / LeakyReLU of a training-mode pass: the BatchNorm outputs
+    and the discriminator's first convolution output."""
+    _, captured = apply_fn(
+        variables,
+        inputs,
+        train=True,
+        mutable=["batch_stats", "intermediates"],
+        capture_intermediates=lambda module, name: (
+            isinstance(module, models.BatchNorm) or module.name == "DownConv_0"
+        ),
+    )
+    return captured["intermediates"]
+
+
+def kink_distance(train_state, inputs) -> float:
+    """min |x| / rms(x) over the activation inputs x of a training-mode pass of the network
+    in `train_state` on `inputs` (compare with KINK_MARGIN)."""
+    variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
+    distances = []
+    for value in jax.tree_util.tree_leaves(
+        _activation_inputs(train_state.apply_fn, variables, jnp.asarray(inputs))
+    ):
+        x = np.asarray(value, np.float64)
+        distances.append(np.abs(x).min() / np.sqrt(np.mean(x**2)))
+    return float(min(distances))
+
+
 def measure(config, convolutions: str, precision: str = "highest", seed: int = 0) -> dict:
     """Relative errors of JAX against the reference for `config`'s model, float32.
 
@@ -76,8 +115,10 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
     L2 over every parameter's Adam first moment after one step, i.e. its gradient) and
     `params_in_lr` (largest parameter difference after the step in units of the learning
     rate: Adam's first step moves each weight by about +-lr, so a gradient within rounding
-    of zero may move the two sides apart by up to 2 lr), and whether the CPU tests'
-    tolerances hold.
+    of zero may move the two sides apart by up to 2 lr), `kink_distance` (the smallest
+    relative distance of an activation input from its kink in the step's passes: below
+    KINK_MARGIN the gradients may legitimately differ, see there), and whether the CPU
+    tests' tolerances hold.
     """
     import torch
 
@@ -140,6 +181,15 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
             gradient_errors.append(_l2_rel(moments[name], expected))
             difference = np.abs(params[name] - param.detach().cpu().numpy()).max()
             param_errors.append(float(difference) / config.learning_rate)
+    results["kink_distance"] = min(
+        kink_distance(*p)
+        for p in (
+            (state.generator, z),
+            (state.discriminator, real),
+            (state.discriminator, fake),
+            (new_state.discriminator, fake),
+        )
+    )
     results["gradients"] = max(gradient_errors)
     results["params_in_lr"] = max(param_errors)
     results["forward_holds_1e-5"] = max(results["forward_g"], results["forward_d"]) <= (

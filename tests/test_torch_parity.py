@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dcgan_jax import conversion, models, steps, torch_reference  # noqa: E402
+from dcgan_jax import conversion, models, parity, steps, torch_reference  # noqa: E402
 from dcgan_jax.state import create_state  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
@@ -173,34 +173,6 @@ def _jax_gradients(train_state, layout, beta1):
     return {k: v / (1 - beta1) for k, v in moments.items()}
 
 
-# ReLU and LeakyReLU have a kink at 0: an input within float32 rounding of it (~1e-6 of
-# its layer's scale) can fall on either side in the two frameworks, and then its whole
-# gradient contribution differs (measured: one flipped element of 32,768 moved G's
-# gradients by 1e-2). The float32 comparison is only defined away from kinks, so the test
-# draws inputs whose every activation input is farther than this from 0, relative to its
-# layer's RMS (a 10x margin over the rounding; about one draw in three is redrawn).
-_KINK_MARGIN = 1e-5
-
-
-def _kink_distance(train_state, inputs) -> float:
-    """min |x| / rms(x) over the inputs x of every ReLU / LeakyReLU in a training-mode pass:
-    the BatchNorm outputs, and the discriminator's first convolution output."""
-    _, variables = train_state.apply_fn(
-        {"params": train_state.params, "batch_stats": train_state.batch_stats},
-        inputs,
-        train=True,
-        mutable=["batch_stats", "intermediates"],
-        capture_intermediates=lambda module, name: (
-            isinstance(module, models.BatchNorm) or module.name == "DownConv_0"
-        ),
-    )
-    distances = []
-    for value in jax.tree_util.tree_leaves(variables["intermediates"]):
-        x = np.asarray(value, np.float64)
-        distances.append(np.abs(x).min() / np.sqrt(np.mean(x**2)))
-    return min(distances)
-
-
 def _check_half_step(ours, reference, grads, ref_grads, lr, what=""):
     """One network after one half-step from identical inputs: gradients to 1e-4 relative
     L2 (float32 rounding of sums of a few thousand terms), BatchNorm statistics and step
@@ -219,13 +191,24 @@ def _check_half_step(ours, reference, grads, ref_grads, lr, what=""):
             assert_close(ours[key], value, 1e-4, key)
 
 
+# Module-level, so that repeated runs (DCGAN_TEST_REPEAT) reuse the compiled programs.
+_d_step = jax.jit(steps.d_step)
+
+
+@jax.jit
+def _g_half_step(g_state, d_state, z):
+    fake, pullback, g_batch_stats = steps.generate(g_state, z)
+    return steps.g_step(g_state, g_batch_stats, d_state, fake, pullback)
+
+
 # Float32 training runs of the same math drift apart: Adam divides each gradient by its
 # own running magnitude, so where a gradient is near zero float32 rounding noise flips its
 # sign and the parameter moves by -lr instead of +lr, and later steps amplify that. So in
 # float32 each half-step is compared from *identical* inputs: at each of 10 steps of the
 # reference's own float32 run, D's step starts from the reference's D, real batch and fake
 # batch, and G's step from the reference's G and the reference's updated D; the bounds are
-# then those of one float32 evaluation (see _check_half_step). Whole trajectories are
+# then those of one float32 evaluation (see _check_half_step), away from the kinks of ReLU
+# and LeakyReLU (see parity.KINK_MARGIN). Whole trajectories are
 # compared in float64 (below), where rounding cannot move them apart: to 1e-7 after 10
 # steps.
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -234,13 +217,6 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
     records = _recording_reference(net_g, net_d, opt_g, opt_d)
     g_layout = conversion.generator_layout(config)
     d_layout = conversion.discriminator_layout(config)
-    d_step = jax.jit(steps.d_step)
-
-    @jax.jit
-    def g_half_step(g_state, d_state, z):
-        fake, pullback, g_batch_stats = steps.generate(g_state, z)
-        return steps.g_step(g_state, g_batch_stats, d_state, fake, pullback)
-
     lr, beta1 = config.learning_rate, config.beta1
     rng = np.random.default_rng(seed + 1)
     for i in range(10):
@@ -263,9 +239,10 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
                 (state.discriminator, records["fake"]),
                 (updated_d.discriminator, records["fake"]),
             )
-            if min(_kink_distance(*p) for p in passes) > _KINK_MARGIN:
+            if min(parity.kink_distance(*p) for p in passes) > parity.KINK_MARGIN:
                 break
-            # Too close to a kink for float32 to decide its side: undo the step, redraw.
+            # Too close to a ReLU's kink for float32 to decide its side (parity.KINK_MARGIN;
+            # most draws are: 517 of 637 in 12 runs): undo the step and redraw.
             net_g.load_state_dict({k: torch.from_numpy(v) for k, v in before_g.items()})
             net_d.load_state_dict({k: torch.from_numpy(v) for k, v in before_d.items()})
             opt_g.load_state_dict(optimizers[0])
@@ -273,14 +250,14 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
         else:
             pytest.fail(f"step {i}: 50 draws in a row had an activation input near a kink")
         # D's half-step: the reference's D, real batch and fake batch.
-        d_state, d_metrics = d_step(state.discriminator, real, records["fake"])
+        d_state, d_metrics = _d_step(state.discriminator, real, records["fake"])
         ours = conversion.flax_to_torch(
             {"params": d_state.params, "batch_stats": d_state.batch_stats}, d_layout
         )
         grads = _jax_gradients(d_state, d_layout, beta1)
         _check_half_step(ours, records["d_after"], grads, records["d_grads"], lr, f"D, step {i}")
         # G's half-step: the reference's G and its updated D, the same noise.
-        g_state, d_state, g_metrics = g_half_step(state.generator, updated_d.discriminator, z)
+        g_state, d_state, g_metrics = _g_half_step(state.generator, updated_d.discriminator, z)
         ours = conversion.flax_to_torch(
             {"params": g_state.params, "batch_stats": g_state.batch_stats}, g_layout
         )
@@ -345,10 +322,13 @@ def test_mismatched_state_dict_is_refused_with_the_fix():
 
 @pytest.mark.parametrize("convolutions", ["matmul", "lax"])
 def test_parity_module_measures_agreement_on_this_device(convolutions, seed):
-    from dcgan_jax import parity
-
     config = tiny_config(**ARCHITECTURES["cifar"], z_dim=16, batch_size=8)
-    result = parity.measure(config, convolutions, "highest", seed=seed)
+    for attempt in range(30):  # seeds whose step keeps clear of the ReLU kinks
+        result = parity.measure(config, convolutions, "highest", seed=seed + attempt)
+        if result["kink_distance"] > parity.KINK_MARGIN:
+            break
+    else:
+        pytest.fail("30 seeds in a row had an activation input near a kink")
     assert result["forward_holds_1e-5"] and result["gradients_hold_1e-4"], (seed, result)
     assert result["metrics"] < 1e-4, (seed, result)
 
