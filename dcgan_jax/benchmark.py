@@ -79,7 +79,7 @@ class JaxRunner:
         state = train.replicate(train.init_state(config), devices)
         per_device = batch.reshape(len(devices), -1, *batch.shape[1:])
         self.batch = jax.device_put(per_device, train.device_sharding(devices))
-        p_step = train.make_p_train_step(devices, update_ema=config.ema_decay > 0)
+        p_step = train.make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
         try:
             self.step = p_step.lower(state, self.batch).compile()
         except Exception:  # pmap's ahead-of-time path differs between JAX versions

@@ -12,7 +12,9 @@ the same latent vectors with the digits feature network (`digits_features`): FDD
 the classifier's training half and the digits Inception Score, each with BatchNorm in
 inference mode (running averages; the default of `sample` and `evaluate`) and in training
 mode (statistics of each sampled batch of `batch_size`, as pytorch/examples draws its
-grids). With `--config.ema_decay > 0` the JAX run's EMA generator is scored too.
+grids). With `--config.ema_decay > 0` the JAX run's EMA generator is scored too: with
+the live generator's running statistics, with batch statistics, and with standing
+statistics of its own (what sampling uses; `sampling.standing_statistics`).
 
 Writes DIR/compare.json (every seed's curves, the floor, the ceiling and the final-step
 test) and DIR/compare.png (FDD against steps, mean and min-max band over seeds per
@@ -66,8 +68,10 @@ class JaxRun:
             self.config.seed = seed
         # One device, no pmap: modules without a cross-device axis.
         self.state = create_state(self.config, *models.make_models(self.config))
-        update_ema = self.config.ema_decay > 0
-        self._step = jax.jit(lambda s, x: steps.train_step(s, x, update_ema=update_ema))
+        update_ema, warmup = self.config.ema_decay > 0, self.config.ema_warmup
+        self._step = jax.jit(
+            lambda s, x: steps.train_step(s, x, update_ema=update_ema, ema_warmup=warmup)
+        )
 
     def train_step(self, real: np.ndarray) -> None:
         self.state, _ = self._step(self.state, real)
@@ -75,7 +79,10 @@ class JaxRun:
     def generators(self) -> dict[str, object]:
         gens = {"": self.state.generator}
         if self.state.keeps_ema:
-            gens["ema_"] = self.state.sampling_generator()
+            ema = self.state.sampling_generator()  # with the live generator's statistics
+            gens["ema_"] = ema
+            stats = sampling.standing_statistics(ema, self.config.z_dim, self.config.batch_size)
+            gens["ema_standing_"] = ema.replace(batch_stats=stats)
         return gens
 
     def sample(self, generator, z: np.ndarray, batch_stats: bool, batch_size: int):
@@ -135,6 +142,8 @@ def score(run, evaluation, z: np.ndarray, batch_size: int) -> dict[str, float]:
     results = {}
     for prefix, generator in run.generators().items():
         for mode, batch_stats in (("", False), ("batch_bn_", True)):
+            if prefix == "ema_standing_" and batch_stats:
+                continue  # the same as "ema_" with batch statistics
             images = quantize(run.sample(generator, z, batch_stats, batch_size))
             scores = evaluation.fdd_and_is(images)
             results[f"{prefix}{mode}fdd"] = scores["fdd"]
@@ -187,8 +196,12 @@ def run_compare(
     eval_every: int,
     num_samples: int | None = None,
     log=print,
+    frameworks=FRAMEWORKS,
 ) -> dict:
-    """Trains both frameworks for every seed, scores them, writes compare.json/.png."""
+    """Trains each framework for every seed, scores them, writes compare.json/.png (the
+    final-step test needs both frameworks; one alone measures, e.g., the EMA variants)."""
+    if not frameworks or set(frameworks) - set(FRAMEWORKS):
+        raise UserError(f"--frameworks must name jax and/or torch, got {list(frameworks)}.")
     if config.dataset != "digits":
         raise UserError(
             f"compare measures quality with the digits feature network, so it needs the "
@@ -225,7 +238,7 @@ def run_compare(
                 *("g_features", "d_features", "d_head", "ema_decay"),
             )
         },
-        **{framework: {} for framework in FRAMEWORKS},
+        **{framework: {} for framework in frameworks},
     }
     log(
         f"digits feature network {digits_features.NAME}: held-out accuracy "
@@ -237,7 +250,7 @@ def run_compare(
         z = np.random.default_rng([seed, _EVAL_NOISE_STREAM]).standard_normal(
             (num_samples, config.z_dim), dtype=np.float32
         )
-        for framework in FRAMEWORKS:
+        for framework in frameworks:
             run = runners[framework](config, seed)
             curves: dict[str, list[float]] = {}
             batches = batch_indices(len(images), config.batch_size, seed)
@@ -256,15 +269,17 @@ def run_compare(
             for key, values in curves.items():
                 results[framework].setdefault(key, []).append(values)
         _write(results, out_dir, started)  # partial results survive an interruption
-    ceiling = [results[f]["fdd"][s][0] for f in FRAMEWORKS for s in range(num_seeds)]
+    ceiling = [results[f]["fdd"][s][0] for f in frameworks for s in range(num_seeds)]
     results["ceiling"] = {"fdd": float(np.mean(ceiling)), "what": "untrained generators"}
-    results["final"] = {
-        key: final_comparison(
-            [curve[-1] for curve in results["jax"][key]],
-            [curve[-1] for curve in results["torch"][key]],
-        )
-        for key in results["torch"]
-    }
+    results["final"] = {}
+    if set(frameworks) == set(FRAMEWORKS):
+        results["final"] = {
+            key: final_comparison(
+                [curve[-1] for curve in results["jax"][key]],
+                [curve[-1] for curve in results["torch"][key]],
+            )
+            for key in results["torch"]
+        }
     _write(results, out_dir, started)
     plot(results, os.path.join(out_dir, "compare.png"))
     log(format_table(results))
@@ -287,6 +302,8 @@ _LABELS = {
     "ema_fdd": "FDD of the EMA, running averages",
     "ema_batch_bn_fdd": "FDD of the EMA, batch statistics",
     "ema_is": "IS of the EMA, running averages",
+    "ema_standing_fdd": "FDD of the EMA, standing statistics",
+    "ema_standing_is": "IS of the EMA, standing statistics",
     "ema_batch_bn_is": "IS of the EMA, batch statistics",
 }
 
@@ -296,19 +313,25 @@ def format_table(results: dict) -> str:
     lines = [
         f"At step {results['steps'][-1]}, {n} seed(s), {results['num_samples']} samples each "
         f"(mean +- sd over seeds; floor = held-out real digits):",
-        f"{'':34}{'dcgan_jax':>16}{'PyTorch':>16}{'diff/sd':>9}{'p':>7}",
+        f"{'':38}{'dcgan_jax':>16}{'PyTorch':>16}{'diff/sd':>9}{'p':>7}",
     ]
     for key, row in results["final"].items():
         lines.append(
-            f"{_LABELS.get(key, key):34}"
+            f"{_LABELS.get(key, key):38}"
             f"{row['jax_mean']:9.2f} +-{row['jax_std']:5.2f}"
             f"{row['torch_mean']:9.2f} +-{row['torch_std']:5.2f}"
             f"{row['difference_in_pooled_sd']:9.2f}{row['p_value']:7.3f}"
         )
-    for key in ("ema_fdd", "ema_batch_bn_fdd", "ema_is", "ema_batch_bn_is"):
-        if key in results["jax"]:
+    only_jax = () if results["final"] else ("fdd", "batch_bn_fdd", "is", "batch_bn_is")
+    for key in (
+        *only_jax,
+        *("ema_fdd", "ema_batch_bn_fdd", "ema_standing_fdd"),
+        *("ema_is", "ema_batch_bn_is", "ema_standing_is"),
+    ):
+        if key in results.get("jax", {}):
             values = [curve[-1] for curve in results["jax"][key]]
-            lines.append(f"{_LABELS[key]:34}{np.mean(values):9.2f} +-{np.std(values):5.2f}")
+            spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
+            lines.append(f"{_LABELS[key]:38}{np.mean(values):9.2f} +-{spread:5.2f}")
     floor, ceiling = results["floor"], results["ceiling"]
     lines.append(
         f"floor: FDD {floor['fdd']:.2f}, IS {floor['is']:.2f}; ceiling (untrained): FDD "
@@ -330,7 +353,8 @@ def plot(results: dict, path: str, width: int = 800, height: int = 520) -> None:
 
     steps_ = results["steps"]
     floor, ceiling = results["floor"]["fdd"], results["ceiling"]["fdd"]
-    values = [v for f in FRAMEWORKS for curve in results[f]["fdd"] for v in curve]
+    present = [f for f in FRAMEWORKS if f in results]
+    values = [v for f in present for curve in results[f]["fdd"] for v in curve]
     y_lo = math.log(max(min([*values, floor]), 1e-3)) - 0.2
     y_hi = math.log(max([*values, ceiling])) + 0.2
     left, right, top, bottom = 80, 170, 40, 60
@@ -361,9 +385,9 @@ def plot(results: dict, path: str, width: int = 800, height: int = 520) -> None:
     draw.text((10, 10), "FDD (log scale, lower is better)", fill=(0, 0, 0))
     n = len(results["seeds"])
     draw.text((left + 220, 10), f"digits, {n} seed(s) per framework", fill=(0, 0, 0))
-    legend_y = top + 10
+    legend_y = top + 60  # below the "untrained" label
     lx = width - right + 15
-    for framework in FRAMEWORKS:
+    for framework in present:
         curves = np.asarray(results[framework]["fdd"])
         colour = _COLOURS[framework]
         upper = [xy(s, v) for s, v in zip(steps_, curves.max(0), strict=True)]
@@ -397,6 +421,7 @@ def main(argv) -> None:
             f.eval_every or max(1, f.steps // 10),
             f.num_samples,
             log,
+            tuple(f.frameworks),
         )
         log(
             f"Wrote {os.path.join(f.out, 'compare.json')} and compare.png "
@@ -420,6 +445,7 @@ def define_flags() -> None:
         "Generated images per evaluation (0: as many as held-out digits).",
         lower_bound=0,
     )
+    flags.DEFINE_list("frameworks", list(FRAMEWORKS), "Which to train: jax, torch or both.")
     flags.mark_flags_as_required(["config", "out"])
 
 

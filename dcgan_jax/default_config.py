@@ -65,6 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
     # evaluation: 0 = off (the weights themselves), e.g. 0.999 = an average over ~1,000
     # steps. Checkpointed with the state.
     config.ema_decay = 0.0
+    # The EMA's decay at step t is min(ema_decay, (1 + t) / (10 + t)) (TensorFlow's
+    # warm-up), so that the average soon forgets the random initial weights; False: always
+    # ema_decay. Measured on the digits (README "Quality").
+    config.ema_warmup = True
 
     # Outputs, in steps.
     config.log_every_steps = 100
@@ -111,9 +115,14 @@ def upgrade_legacy_fields(config: ml_collections.ConfigDict) -> ml_collections.C
     """Rewrites fields of older versions in place (configs and checkpoints written before):
     `fast_convolutions=True` (the old default) becomes `convolutions="auto"`, `False`
     becomes `convolutions="lax"`; fields added later get the value that behaves as before
-    (`eval_features="auto"`, which differs only on the digits; `sample_batchnorm="running"`).
+    (`eval_features="auto"`, which differs only on the digits; `sample_batchnorm="running"`;
+    `ema_warmup=False`).
     Returns `config`."""
-    for field, default in (("eval_features", "auto"), ("sample_batchnorm", "running")):
+    for field, default in (
+        ("eval_features", "auto"),
+        ("sample_batchnorm", "running"),
+        ("ema_warmup", False),
+    ):
         if field not in config:
             with config.unlocked():
                 config[field] = default

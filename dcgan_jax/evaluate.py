@@ -210,7 +210,13 @@ def evaluate_and_record(state, config, features, reference, num_samples: int, wo
     started = time.perf_counter()
     batch_stats = sampling.batch_statistics(config)
     results = evaluate_generator(
-        state.sampling_generator(), config.z_dim, features, reference, num_samples, 200, batch_stats
+        sampling.sampling_generator(state, config),
+        config.z_dim,
+        features,
+        reference,
+        num_samples,
+        200,
+        batch_stats,
     )
     results["sample_batchnorm"] = "batch" if batch_stats else "running"
     results["step"] = int(state.step)

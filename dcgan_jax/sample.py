@@ -56,7 +56,8 @@ def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: i
         z = load_latents(z_path, config.z_dim)
     else:
         z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num, config.z_dim)))
-    generator, batch_stats = state.sampling_generator(), sampling.batch_statistics(config)
+    generator = sampling.sampling_generator(state, config)
+    batch_stats = sampling.batch_statistics(config)
     images = np.asarray(sampling.generate_eval(generator, z, None, batch_stats), np.float32)
     if out.endswith(".npy"):
         np.save(out, images)
@@ -68,7 +69,7 @@ def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: i
 def _batches(config, state, num: int, batch_size: int, seed: int):
     """(index of the first image, uint8 images) of the sampling generator, batch by batch."""
     batches = sampling.generated_batches(
-        state.sampling_generator(),
+        sampling.sampling_generator(state, config),
         config.z_dim,
         num,
         batch_size,
@@ -119,7 +120,8 @@ def interpolate(workdir: str, out: str, num_walks: int, num_steps: int, seed: in
     if num_walks < 1 or num_steps < 2:
         raise UserError("--interpolate must be >= 1 and --steps >= 2.")
     z = sampling.interpolation_latents(seed, num_walks, num_steps, config.z_dim)
-    generator, batch_stats = state.sampling_generator(), sampling.batch_statistics(config)
+    generator = sampling.sampling_generator(state, config)
+    batch_stats = sampling.batch_statistics(config)
     images = np.asarray(sampling.generate_eval(generator, z, None, batch_stats))
     if out.endswith(".png"):
         sampling.grid_image(images, num_columns=num_steps).save(out)

@@ -7,10 +7,22 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from dcgan_jax.state import TrainState
+
+
+def _apply_training_mode(apply_fn, variables, z: jax.Array):
+    """(images, updated batch_stats) of a training-mode pass on one device. A network built
+    for pmap synchronises BatchNorm over its axis: bind that axis with a size-1 vmap."""
+    axis_name = getattr(getattr(apply_fn, "__self__", None), "axis_name", None)
+    run = lambda z: apply_fn(variables, z, train=True, mutable=["batch_stats"])
+    if axis_name is None:
+        return run(z)
+    images, updates = jax.vmap(run, axis_name=axis_name)(z[None])
+    return images[0], jax.tree_util.tree_map(lambda x: x[0], updates)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -18,7 +30,7 @@ def _generate(apply_fn, variables, z: jax.Array, batch_statistics: bool = False)
     if not batch_statistics:
         return apply_fn(variables, z, train=False)
     # Training-mode BatchNorm on this batch; the updated running averages are dropped.
-    return apply_fn(variables, z, train=True, mutable=["batch_stats"])[0]
+    return _apply_training_mode(apply_fn, variables, z)[0]
 
 
 def batch_statistics(config) -> bool:
@@ -46,6 +58,50 @@ def generate_eval(
     if variables is None:
         variables = eval_variables(g_state)
     return _generate(g_state.apply_fn, variables, z, batch_statistics)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _scaled_batch_statistics(apply_fn, params, zeroed_stats, z: jax.Array):
+    # From zero running statistics one training-mode pass leaves momentum x (the batch's
+    # mean, the batch's unbiased variance) in them.
+    variables = {"params": params, "batch_stats": zeroed_stats}
+    return _apply_training_mode(apply_fn, variables, z)[1]["batch_stats"]
+
+
+def standing_statistics(
+    g_state: TrainState, z_dim: int, batch_size: int, num_batches: int = 16, seed: int = 0
+) -> dict:
+    """BatchNorm running statistics of `g_state`'s own weights: every layer's batch mean and
+    (unbiased) variance averaged over `num_batches` batches of fresh noise. An EMA of the
+    weights needs them: the live generator's running averages describe other weights
+    (measured on the digits, README "Quality")."""
+    from dcgan_jax.models import BatchNorm
+
+    momentum = BatchNorm.momentum  # the models' (PyTorch's) 0.1
+    zeroed = jax.tree_util.tree_map(jnp.zeros_like, g_state.batch_stats)
+    key = jax.random.PRNGKey(seed)
+    total = None
+    for b in range(num_batches):
+        z = jax.random.normal(jax.random.fold_in(key, b), (batch_size, z_dim))
+        stats = _scaled_batch_statistics(g_state.apply_fn, g_state.params, zeroed, z)
+        total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
+    scale = 1.0 / (num_batches * momentum)
+    averaged = jax.tree_util.tree_map(
+        lambda t, live: live if live.dtype == jnp.int32 else t * scale,
+        total,
+        g_state.batch_stats,
+    )
+    return averaged
+
+
+def sampling_generator(state, config) -> TrainState:
+    """The generator that grids, `sample` and `evaluate` draw from: the live one, or with an
+    EMA the EMA weights with standing statistics of their own (`standing_statistics`)."""
+    generator = state.sampling_generator()
+    if state.keeps_ema:
+        stats = standing_statistics(generator, config.z_dim, config.batch_size)
+        generator = generator.replace(batch_stats=stats)
+    return generator
 
 
 def to_uint8(images) -> np.ndarray:

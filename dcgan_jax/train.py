@@ -35,14 +35,16 @@ from dcgan_jax.validation import (
 AXIS_NAME = "batch"
 
 
-def make_p_train_step(devices=None, update_ema: bool = False):
+def make_p_train_step(devices=None, update_ema: bool = False, ema_warmup: bool = False):
     """`steps.train_step` data-parallel over `devices` (default: all devices of all
     processes; each process passes the arrays of its own devices).
 
     The state argument is donated: its buffers are reused for the new state.
     """
     return jax.pmap(
-        functools.partial(steps.train_step, axis_name=AXIS_NAME, update_ema=update_ema),
+        functools.partial(
+            steps.train_step, axis_name=AXIS_NAME, update_ema=update_ema, ema_warmup=ema_warmup
+        ),
         axis_name=AXIS_NAME,
         devices=devices if jax.process_count() == 1 else None,
         donate_argnums=(0,),
@@ -175,11 +177,10 @@ class SummaryWriter:
         self._writer.close()
 
 
-def write_sample_grid(
-    state: GANState, workdir: str, step: int, writer: SummaryWriter, batch_statistics: bool = False
-) -> str:
+def write_sample_grid(state: GANState, config, workdir: str, step: int, writer) -> str:
     """Generates the fixed-noise sample grid, saves it as a PNG and a TensorBoard image."""
-    generator = state.sampling_generator()
+    batch_statistics = sampling.batch_statistics(config)
+    generator = sampling.sampling_generator(state, config)
     images = sampling.generate_eval(generator, state.fixed_noise, None, batch_statistics)
     grid = sampling.make_grid(images)
     path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
@@ -333,7 +334,7 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
     )
     start_step = step = int(state.step)
     last_saved = start_step if manager.latest_step() is not None else None
-    p_train_step = make_p_train_step(devices, update_ema=config.ema_decay > 0)
+    p_train_step = make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
     replicated = replicate(state, devices)
     batches = prefetch_to_devices(run.dataset.as_numpy_iterator(), devices)
 
@@ -393,9 +394,7 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
             continue
         host_state = unreplicate(replicated)  # one device-to-host copy for all three
         if sample_now:
-            path = write_sample_grid(
-                host_state, workdir, step, writer, sampling.batch_statistics(config)
-            )
+            path = write_sample_grid(host_state, config, workdir, step, writer)
             if run.on_samples is not None:
                 run.on_samples(step, path)
         if eval_now:

@@ -39,7 +39,7 @@ _POSITIVE_INTS = (
     "eval_num_samples",
     "fid_reference_samples",
 )
-_BOOLS = ("half_precision", "check_finite_every_step")
+_BOOLS = ("half_precision", "check_finite_every_step", "ema_warmup")
 _STRINGS = (
     "eval_features",
     "sample_batchnorm",

@@ -90,6 +90,16 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("_repeat_index", range(repeat), indirect=True, ids=lambda i: f"run{i}")
 
 
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """In long repeated runs (DCGAN_TEST_REPEAT), every test's compiled programs would stay
+    cached: thousands of XLA:CPU executables exhaust the process's memory mappings and a
+    later compilation crashes. Clearing JAX's caches after each test avoids that."""
+    yield
+    if int(os.environ.get("DCGAN_TEST_REPEAT", "1")) > 1:
+        jax.clear_caches()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -120,7 +120,8 @@ def test_compare_runs_both_frameworks_and_writes_json_and_plot(tmp_path, cache_d
     for framework in ("jax", "torch"):
         for key in ("fdd", "is", "batch_bn_fdd", "batch_bn_is"):
             assert np.asarray(saved[framework][key]).shape == (1, 3), (framework, key)
-    assert np.asarray(saved["jax"]["ema_fdd"]).shape == (1, 3)  # the EMA: JAX only
+    for key in ("ema_fdd", "ema_batch_bn_fdd", "ema_standing_fdd"):
+        assert np.asarray(saved["jax"][key]).shape == (1, 3), key  # the EMA: JAX only
     assert "ema_fdd" not in saved["torch"]
     assert saved["floor"]["fdd"] < saved["ceiling"]["fdd"]
     assert set(saved["final"]["fdd"]) >= {"jax_mean", "torch_mean", "p_value"}
@@ -128,6 +129,18 @@ def test_compare_runs_both_frameworks_and_writes_json_and_plot(tmp_path, cache_d
     assert Image.open(tmp_path / "compare.png").size == (800, 520)
     assert any("seed 1/1 torch step      6/6" in line for line in lines)
     assert "PyTorch" in lines[-1] and "floor" in lines[-1]
+
+
+def test_compare_measures_one_framework_alone(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p.replace("~", cache_dir))
+    lines = []
+    compare.run_compare(tiny_config(), str(tmp_path), 1, 2, 2, 20, lines.append, ("jax",))
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert "torch" not in saved and saved["final"] == {}
+    assert np.asarray(saved["jax"]["fdd"]).shape == (1, 2)
+    assert "FDD, BatchNorm running averages" in lines[-1]
+    with pytest.raises(compare.UserError, match="--frameworks"):
+        compare.run_compare(tiny_config(), str(tmp_path), 1, 2, 2, 20, lines.append, ("tf",))
 
 
 def test_compare_refuses_other_datasets_in_one_line(tmp_path):

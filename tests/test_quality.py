@@ -330,14 +330,19 @@ def test_ema_follows_its_recurrence_and_sampling_uses_it_only_when_on():
     real = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)
     config = tiny_config(ema_decay=0.9)
     state = create_state(config, *models.make_models(config))
-    new, _ = jax.jit(functools.partial(steps.train_step, update_ema=True))(state, real)
-    d = np.float32(0.9)
-    expected = jax.tree_util.tree_map(
-        lambda p0, p1: p1 + d * (p0 - p1), state.generator.params, new.generator.params
-    )
-    leaves = (jax.tree_util.tree_leaves(t) for t in (new.ema_params, expected))
-    for got, want in zip(*leaves, strict=True):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)
+    # Without warm-up the decay is ema_decay; with it, min(decay, (1 + t) / (10 + t)) after
+    # t completed steps: 0.1 for the first update.
+    for warmup, d in ((False, np.float32(0.9)), (True, np.float32(0.1))):
+        step = functools.partial(steps.train_step, update_ema=True, ema_warmup=warmup)
+        new, _ = jax.jit(step)(state, real)
+        expected = jax.tree_util.tree_map(
+            lambda p0, p1, d=d: p1 + d * (p0 - p1), state.generator.params, new.generator.params
+        )
+        leaves = (jax.tree_util.tree_leaves(t) for t in (new.ema_params, expected))
+        for got, want in zip(*leaves, strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)
+    assert float(steps.ema_decay_at(0.999, 990, True)) == pytest.approx(0.991, abs=1e-6)
+    assert float(steps.ema_decay_at(0.999, 20_000, True)) == pytest.approx(0.999)
     assert not _tree_equal(new.ema_params, new.generator.params)
     assert _tree_equal(new.sampling_generator().params, new.ema_params)
 
@@ -479,3 +484,45 @@ def test_sampling_with_batch_statistics_is_training_mode_without_side_effects():
     legacy = tiny_config()
     del legacy["sample_batchnorm"]
     assert not sampling.batch_statistics(legacy)
+
+
+def test_standing_statistics_average_each_layers_batch_statistics():
+    config = tiny_config(batch_size=6)
+    state = create_state(config, *models.make_models(config))
+    g = state.generator
+    stats = sampling.standing_statistics(g, config.z_dim, 6, num_batches=2, seed=3)
+    key = jax.random.PRNGKey(3)
+    inputs = []
+    for b in range(2):
+        z = jax.random.normal(jax.random.fold_in(key, b), (6, config.z_dim))
+        _, captured = g.apply_fn(
+            {"params": g.params, "batch_stats": g.batch_stats},
+            z,
+            train=True,
+            mutable=["batch_stats", "intermediates"],
+            capture_intermediates=lambda module, method: module.name == "Dense4x4_0",
+        )
+        (out,) = captured["intermediates"]["Dense4x4_0"]["__call__"]
+        inputs.append(np.asarray(out, np.float64).reshape(-1, out.shape[-1]))
+    first = stats["BatchNorm_0"]
+    np.testing.assert_allclose(first["mean"], np.mean([x.mean(0) for x in inputs], 0), rtol=1e-4)
+    unbiased = np.mean([x.var(0, ddof=1) for x in inputs], 0)
+    np.testing.assert_allclose(first["var"], unbiased, rtol=1e-4)
+    assert int(first["num_batches_tracked"]) == int(
+        g.batch_stats["BatchNorm_0"]["num_batches_tracked"]
+    )
+    # Sampling uses them for the EMA generator only.
+    ema_state = state.with_ema_decay(0.9)
+    assert _tree_equal(sampling.sampling_generator(state, config).batch_stats, g.batch_stats)
+    assert not _tree_equal(
+        sampling.sampling_generator(ema_state, config).batch_stats, g.batch_stats
+    )
+
+
+def test_sampling_in_training_mode_works_for_the_pmap_built_generator():
+    # train.init_state builds modules that synchronise BatchNorm over the pmap axis.
+    config = tiny_config(ema_decay=0.9, sample_batchnorm="batch")
+    state = train.init_state(config)
+    generator = sampling.sampling_generator(state, config)  # standing statistics
+    images = sampling.generate_eval(generator, state.fixed_noise[:4], batch_statistics=True)
+    assert images.shape == (4, 16, 16, 1) and np.isfinite(np.asarray(images)).all()

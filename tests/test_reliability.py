@@ -374,6 +374,7 @@ ACCEPTS = {
     "checkpoint_every_steps": _POSITIVE,
     "max_checkpoints": _POSITIVE,
     "check_finite_every_step": lambda v: type(v) is bool,
+    "ema_warmup": lambda v: type(v) is bool,
 }
 
 ANY_VALUE = st.one_of(
