@@ -54,6 +54,12 @@ def _randomize_running_stats(module, generator):
             m.num_batches_tracked.fill_(int(torch.randint(0, 100, (1,), generator=generator)))
 
 
+# One fresh state per architecture and dtype, into which each test loads the reference's
+# weights: jitted functions take its modules and optimiser as static arguments, so reusing
+# it reuses the compiled programs across tests and repeats.
+_TEMPLATES = {}
+
+
 def _setup(arch, seed, dtype=np.float32):
     config = tiny_config(**ARCHITECTURES[arch], z_dim=16, batch_size=8)
     net_g, net_d, *_ = torch_reference.build(config, seed=seed)
@@ -61,12 +67,13 @@ def _setup(arch, seed, dtype=np.float32):
     if dtype == np.float64:
         net_g, net_d = net_g.double(), net_d.double()
     opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
-    g, d = models.make_models(config)
-    g, d = g.clone(dtype=jax_dtype), d.clone(dtype=jax_dtype)
-    state = create_state(config, g, d)
-    state = jax.tree_util.tree_map(
-        lambda x: x.astype(jax_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
-    )
+    if (arch, jax_dtype) not in _TEMPLATES:
+        g, d = models.make_models(config)
+        state = create_state(config, g.clone(dtype=jax_dtype), d.clone(dtype=jax_dtype))
+        _TEMPLATES[arch, jax_dtype] = jax.tree_util.tree_map(
+            lambda x: x.astype(jax_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+        )
+    state = _TEMPLATES[arch, jax_dtype]
     state = conversion.load_into_state(
         state, _state_dict_numpy(net_g), _state_dict_numpy(net_d), config
     )
@@ -173,29 +180,38 @@ def _jax_gradients(train_state, layout, beta1):
     return {k: v / (1 - beta1) for k, v in moments.items()}
 
 
-def _check_half_step(ours, reference, grads, ref_grads, exact_grads, lr, what=""):
+def _check_half_step(ours, reference, grads, ref_grads, exact_grads, lr, what="", fresh=False):
     """One network after one half-step from identical inputs.
 
     Gradients: against the exact (float64) gradient of the same half-step, each tensor's
     float32 error (L2) is at most 1e-4 of its norm (rounding of sums of a few thousand
-    terms) or, where the sum cancels (BatchNorm scales and biases, the head's bias: their
-    gradients nearly cancel by symmetry), at most 10x the reference's own float32 error:
-    both are roundings of the same sums, so neither can be much less accurate. Running
-    statistics and step counts as the reference. Parameters within 2 lr: from fresh moments
-    Adam moves each parameter by lr x g / (|g| + eps), so rounding can at most flip a
-    near-zero gradient's sign (a difference of 2 lr), and never compounds because every
-    half-step restarts from the reference's state."""
+    terms), or 10x the reference's own float32 error, or 1e-6 of the whole network's
+    gradient norm: the last two for sums that cancel (BatchNorm scales and biases, the
+    head's bias: their gradients nearly cancel by symmetry), whose rounding follows the
+    size of the terms, not of the result (PyTorch's CPU BatchNorm accumulates in float64,
+    so its own error there can be far below float32's). Running statistics and step counts
+    as the reference. With `fresh` (the first step, both optimisers without history),
+    parameters within 2 lr: from fresh moments Adam moves each parameter by
+    lr x g / (|g| + eps), so rounding can at most flip a near-zero gradient's sign. (Later
+    the reference's Adam has history and JAX's starts afresh, so parameters are compared
+    through the gradients only.)"""
     assert ours.keys() == reference.keys()
+    network_norm = np.sqrt(
+        sum(np.sum(np.square(exact_grads[k], dtype=np.float64)) for k in ref_grads)
+    )
     for key, value in ref_grads.items():
         exact = np.asarray(exact_grads[key], np.float64)
         our_error = np.linalg.norm(np.asarray(grads[key], np.float64) - exact)
         their_error = np.linalg.norm(np.asarray(value, np.float64) - exact)
-        bound = max(1e-4 * np.linalg.norm(exact), 10 * their_error)
+        bound = max(1e-4 * np.linalg.norm(exact), 10 * their_error, 1e-6 * network_norm)
         assert our_error <= bound, (
             f"gradient of {key} ({what}): error {our_error:.3g} against float64 > {bound:.3g} "
             f"(the reference's error: {their_error:.3g}, norm {np.linalg.norm(exact):.3g})"
         )
-        np.testing.assert_allclose(ours[key], reference[key], rtol=0, atol=2.01 * lr, err_msg=key)
+        if fresh:
+            np.testing.assert_allclose(
+                ours[key], reference[key], rtol=0, atol=2.01 * lr, err_msg=key
+            )
     for key, value in reference.items():
         if key.endswith("num_batches_tracked"):
             assert int(ours[key]) == int(value), key
@@ -225,6 +241,7 @@ def _exact_gradients(fresh64, config, before_g, before_d, records, real, z, beta
 
 # Module-level, so that repeated runs (DCGAN_TEST_REPEAT) reuse the compiled programs.
 _d_step = jax.jit(steps.d_step)
+_generate_train = jax.jit(lambda g_state, z: steps.generate(g_state, z)[0])
 
 
 @jax.jit
@@ -254,29 +271,32 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
     lr, beta1 = config.learning_rate, config.beta1
     rng = np.random.default_rng(seed + 1)
     for i in range(10):
+        before_g, before_d = _state_dict_numpy(net_g), _state_dict_numpy(net_d)
+        optimizers = copy.deepcopy((opt_g.state_dict(), opt_d.state_dict()))
+        state = conversion.load_into_state(fresh, before_g, before_d, config)
         for attempt in range(200):
             if i > 0 or attempt > 0:
                 real = rng.uniform(-1, 1, real.shape).astype(np.float32)
                 z = rng.standard_normal(z.shape).astype(np.float32)
-            before_g, before_d = _state_dict_numpy(net_g), _state_dict_numpy(net_d)
-            optimizers = copy.deepcopy((opt_g.state_dict(), opt_d.state_dict()))
+            # Every activation input must be clear of its kink (parity.KINK_MARGIN; most
+            # draws are not: 517 of 637 in 12 runs), else redraw: first the passes known
+            # before the step (G, D on both batches), then the updated D's.
+            fake = _generate_train(state.generator, z)
+            passes = (
+                (state.generator, z),
+                (state.discriminator, real),
+                (state.discriminator, fake),
+            )
+            if min(parity.kink_distance(*p) for p in passes) <= parity.KINK_MARGIN:
+                continue
             reference = torch_reference.metrics_to_floats(
                 torch_reference.train_step(
                     net_g, net_d, opt_g, opt_d, _nchw(real), torch.from_numpy(z)
                 )
             )
-            state = conversion.load_into_state(fresh, before_g, before_d, config)
             updated_d = conversion.load_into_state(fresh, before_g, records["d_after"], config)
-            passes = (
-                (state.generator, z),
-                (state.discriminator, real),
-                (state.discriminator, records["fake"]),
-                (updated_d.discriminator, records["fake"]),
-            )
-            if min(parity.kink_distance(*p) for p in passes) > parity.KINK_MARGIN:
+            if parity.kink_distance(updated_d.discriminator, records["fake"]) > parity.KINK_MARGIN:
                 break
-            # Too close to a ReLU's kink for float32 to decide its side (parity.KINK_MARGIN;
-            # most draws are: 517 of 637 in 12 runs): undo the step and redraw.
             net_g.load_state_dict({k: torch.from_numpy(v) for k, v in before_g.items()})
             net_d.load_state_dict({k: torch.from_numpy(v) for k, v in before_d.items()})
             opt_g.load_state_dict(optimizers[0])
@@ -293,7 +313,7 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
             fresh64, config, before_g, before_d, records, real, z, beta1
         )
         _check_half_step(
-            ours, records["d_after"], grads, records["d_grads"], exact_d, lr, f"D, step {i}"
+            ours, records["d_after"], grads, records["d_grads"], exact_d, lr, f"D, step {i}", i == 0
         )
         # G's half-step: the reference's G and its updated D, the same noise.
         g_state, d_state, g_metrics = _g_half_step(state.generator, updated_d.discriminator, z)
@@ -302,7 +322,7 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
         )
         grads = _jax_gradients(g_state, g_layout, beta1)
         _check_half_step(
-            ours, records["g_after"], grads, records["g_grads"], exact_g, lr, f"G, step {i}"
+            ours, records["g_after"], grads, records["g_grads"], exact_g, lr, f"G, step {i}", i == 0
         )
         # D's statistics after its third pass (G's step) are the reference's final ones.
         ours_d = conversion.flax_to_torch(
