@@ -54,11 +54,6 @@ def batch_indices(num_examples: int, batch_size: int, seed: int):
             yield order[start : start + batch_size]
 
 
-def quantize(images: np.ndarray) -> np.ndarray:
-    """Generated images as the 8-bit images they are saved as (evaluate does the same)."""
-    return sampling.to_uint8(images).astype(np.float32) / 127.5 - 1.0
-
-
 class JaxRun:
     """dcgan_jax's state and jitted step on one device."""
 
@@ -144,7 +139,7 @@ def score(run, evaluation, z: np.ndarray, batch_size: int) -> dict[str, float]:
         for mode, batch_stats in (("", False), ("batch_bn_", True)):
             if prefix == "ema_standing_" and batch_stats:
                 continue  # the same as "ema_" with batch statistics
-            images = quantize(run.sample(generator, z, batch_stats, batch_size))
+            images = sampling.quantize(run.sample(generator, z, batch_stats, batch_size))
             scores = evaluation.fdd_and_is(images)
             results[f"{prefix}{mode}fdd"] = scores["fdd"]
             results[f"{prefix}{mode}is"] = scores["is"]
@@ -220,8 +215,7 @@ def run_compare(
     num_samples = num_samples or len(evaluation.held_out_images)
     if num_samples < 2:
         raise UserError(f"--num_samples must be at least 2, got {num_samples}.")
-    images, _ = digits_features.load_digits(config)
-    images = digits_features.to_model_range(images)
+    images = evaluation.images  # all 1,797, as training reads them
     eval_steps = evaluation_steps(num_steps, eval_every)
     results = {
         "feature_network": digits_features.NAME,

@@ -191,6 +191,7 @@ class DigitsEvaluation:
     def __init__(self, config, cache_dir: str, seed: int = CLASSIFIER_SEED):
         images, labels = load_digits(config)
         train, held_out = digits_split(len(images))
+        self.images = to_model_range(images)
         self.train_images = to_model_range(images[train])
         self.held_out_images = to_model_range(images[held_out])
         self.train_labels, self.held_out_labels = labels[train], labels[held_out]

@@ -182,7 +182,7 @@ def evaluate_generator(
     # Quantized to uint8 exactly as `sample --format png` writes them, and as the real
     # images are: the FID of a run equals that of its exported PNGs (pytorch-fid's input).
     batches = (
-        sampling.to_uint8(images).astype(np.float32) / 127.5 - 1.0
+        sampling.quantize(images)
         for images in sampling.generated_batches(
             g_state, z_dim, num_samples, batch_size, 0, batch_statistics
         )

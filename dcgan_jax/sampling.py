@@ -110,6 +110,12 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def quantize(images) -> np.ndarray:
+    """Images in [-1, 1] as the 8-bit images `sample --format png` writes, back in [-1, 1]:
+    what FID-style metrics should see of generated images (the real ones are 8-bit too)."""
+    return to_uint8(images).astype(np.float32) / 127.5 - 1.0
+
+
 def make_grid(images, num_columns: int | None = None, padding: int = 2) -> np.ndarray:
     """Tiles (N, H, W, C) images in [-1, 1] into one uint8 (rows*H', cols*W', C) image."""
     images = to_uint8(images)

@@ -279,7 +279,7 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
                 real = rng.uniform(-1, 1, real.shape).astype(np.float32)
                 z = rng.standard_normal(z.shape).astype(np.float32)
             # Every activation input must be clear of its kink (parity.KINK_MARGIN; most
-            # draws are not: 517 of 637 in 12 runs), else redraw: first the passes known
+            # draws are not: 596 of 716 in 12 runs), else redraw: first the passes known
             # before the step (G, D on both batches), then the updated D's.
             fake = _generate_train(state.generator, z)
             passes = (
