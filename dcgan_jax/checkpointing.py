@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dcgan_jax import default_config
-from dcgan_jax.validation import UserError, describe_error
+from dcgan_jax.validation import UserError, describe_error, effective_epoch_order
 
 ITEMS = ("state", "config", "integrity")
 
@@ -46,6 +46,7 @@ MUST_MATCH_ON_RESUME = (
     # The data stream: another buffer or sharding gives another order after resuming.
     "shuffle_buffer_size",
     "input_sharding",
+    "epoch_order",
 )
 
 
@@ -215,10 +216,16 @@ def check_compatible(saved: ml_collections.ConfigDict, config, directory) -> Non
     """Raises UserError if `config` cannot continue from a checkpoint written with `saved`."""
     # A field added after the checkpoint was written had its default value then.
     defaults = default_config.get_config()
+
+    def value(c, key):
+        if key == "epoch_order":  # TFDS datasets have one order whatever the field says
+            return effective_epoch_order(c)
+        return c.get(key, defaults[key])
+
     diffs = [
-        f"{key}: checkpoint {saved.get(key, defaults[key])!r} vs now {config.get(key)!r}"
+        f"{key}: checkpoint {value(saved, key)!r} vs now {value(config, key)!r}"
         for key in MUST_MATCH_ON_RESUME
-        if saved.get(key, defaults[key]) != config.get(key)
+        if value(saved, key) != value(config, key)
     ]
     if diffs:
         raise UserError(

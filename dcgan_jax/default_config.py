@@ -28,7 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
     # "global_batches": each reads the whole stream and keeps its rows of every global
     # batch (the same numbers on any number of processes; every process decodes all data).
     config.input_sharding = "process_shares"
-    # Examples held in the shuffle buffer; bigger shuffles better and costs memory.
+    # Each epoch's order. "permutation": a uniform random permutation of the whole
+    # dataset drawn from (seed, epoch), as PyTorch's DataLoader(shuffle=True), for the
+    # sources with random access (folders, digits; files decoded as they are read).
+    # TFDS datasets (stored pre-shuffled, read in sequence) and "window" (the order of runs
+    # from before permutations) shuffle through a window of shuffle_buffer_size examples.
+    config.epoch_order = "permutation"
     config.shuffle_buffer_size = 50_000
     # The decoded, resized images are kept in memory after the first epoch when they take
     # less than this many GiB (CelebA at 64x64: 2.3 GiB); larger datasets are decoded again
@@ -90,7 +95,12 @@ def get_config() -> ml_collections.ConfigDict:
     # dcgan_jax/digits_features.py) for the digits dataset, the FID Inception otherwise;
     # "inception" or "digits" to choose.
     config.eval_features = "auto"
+    # 10,000 keeps in-training evaluation quick; its FIDs are higher than, and not
+    # comparable with, published 50,000-sample figures (`evaluate` defaults to 50,000).
     config.eval_num_samples = 10_000
+    # The Inception Score's logits: "unbiased" (pool3 @ W: the original IS code and
+    # torch-fidelity) or "biased" (with the fc layer's bias). Results record which.
+    config.inception_score_logits = "unbiased"
     config.fid_weights = ""
     # Training images the reference statistics are computed from (a seeded uniform subset
     # of the split), and where they are cached (empty = ~/.cache/dcgan_jax/fid_stats).
@@ -116,12 +126,13 @@ def upgrade_legacy_fields(config: ml_collections.ConfigDict) -> ml_collections.C
     `fast_convolutions=True` (the old default) becomes `convolutions="auto"`, `False`
     becomes `convolutions="lax"`; fields added later get the value that behaves as before
     (`eval_features="auto"`, which differs only on the digits; `sample_batchnorm="running"`;
-    `ema_warmup=False`).
+    `ema_warmup=False`; `epoch_order="window"`).
     Returns `config`."""
     for field, default in (
         ("eval_features", "auto"),
         ("sample_batchnorm", "running"),
         ("ema_warmup", False),
+        ("epoch_order", "window"),
     ):
         if field not in config:
             with config.unlocked():

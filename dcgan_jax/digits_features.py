@@ -85,7 +85,7 @@ def load_digits(config) -> tuple[np.ndarray, np.ndarray]:
 
     from dcgan_jax import input_pipeline
 
-    images, _ = input_pipeline.source_images(config, 0, 1)
+    images = input_pipeline.source_images(config, 0, 1).images
     images = np.stack(list(images.as_numpy_iterator()))
     return images, sklearn_digits().target.astype(np.int32)
 

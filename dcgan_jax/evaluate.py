@@ -1,6 +1,6 @@
 """FID, Inception Score and KID of a trained generator.
 
-    python -m dcgan_jax.evaluate --workdir runs/cifar [--num_samples 10000] [--step N]
+    python -m dcgan_jax.evaluate --workdir runs/cifar [--num_samples 50000] [--step N]
         [--fid_weights pt_inception-2015-12-05-6726825d.pth]
 
 Generated images (the EMA generator when the run has one) and the training split's images,
@@ -27,6 +27,8 @@ from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error, exit_
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "dcgan_jax")
 KID_REFERENCE_FEATURES = 5_000  # reference features kept in the cache for KID
+# As published (Salimans et al. 2016): 10 splits; of 5,000 images each at 50,000 samples.
+INCEPTION_SCORE_SPLITS = 10
 
 
 def fid_weights_path(configured: str, download: bool = True) -> str:
@@ -62,17 +64,29 @@ def fid_weights_path(configured: str, download: bool = True) -> str:
     )
 
 
-def load_features(weights: str = "", download: bool = True) -> metrics.InceptionFeatures:
-    """The Inception feature extractor with the FID weights."""
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_features(
+    weights: str = "", download: bool = True, score_logits: str = "unbiased"
+) -> metrics.InceptionFeatures:
+    """The Inception feature extractor with the FID weights; the Inception Score takes
+    `score_logits` (see metrics.SCORE_LOGITS)."""
     path = fid_weights_path(weights, download)
     try:
         variables = inception.variables_from_state_dict(inception.read_torch_state_dict(path))
+        digest = _file_digest(path)
     except Exception as e:  # a wrong or damaged file fails in many ways
         raise UserError(
             f"{path} is not the FID Inception weight file ({describe_error(e)}). Fix: use "
             f"{inception.FID_WEIGHTS_NAME} from {inception.FID_WEIGHTS_URL}."
         ) from e
-    return metrics.InceptionFeatures(variables)
+    return metrics.InceptionFeatures(variables, score_logits, digest)
 
 
 def uses_digits_features(config) -> bool:
@@ -91,12 +105,16 @@ def features_and_reference(config, weights: str = ""):
 
         evaluation = digits_features.DigitsEvaluation(config, CACHE_DIR)
         return evaluation.features, evaluation.reference
-    features = load_features(weights or config.fid_weights)
+    features = load_features(
+        weights or config.fid_weights, score_logits=config.get("inception_score_logits", "unbiased")
+    )
     return features, reference_statistics(config, features)
 
 
-def reference_cache_path(config, cache_dir: str, num_images: int) -> str:
-    """Where the training split's statistics for this data configuration are cached."""
+def reference_cache_path(config, cache_dir: str, num_images: int, features_id: str) -> str:
+    """Where the training split's statistics for this data configuration are cached, keyed
+    by everything that changes them: the data, the subset and the feature network
+    (`features_id`: the weight file's digest and the precision)."""
     dataset = config.dataset
     if dataset.startswith(FOLDER_PREFIX):
         # Folders are identified by their absolute path and their list of files.
@@ -109,7 +127,10 @@ def reference_cache_path(config, cache_dir: str, num_images: int) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
     shape = f"{config.image_size}x{config.image_size}x{config.channels}"
     # "r": a seeded random subset of the split (earlier caches held its first images).
-    return os.path.join(cache_dir, f"{name}_{shape}_crop{config.crop_size}_n{num_images}r.npz")
+    features_id = re.sub(r"[^A-Za-z0-9_.-]", "_", features_id)
+    return os.path.join(
+        cache_dir, f"{name}_{shape}_crop{config.crop_size}_n{num_images}r_{features_id}.npz"
+    )
 
 
 # The reference subset is drawn with this seed, independent of the run's, so that every
@@ -142,11 +163,12 @@ def reference_statistics(config, features: metrics.InceptionFeatures, batch_size
     `reference_subset`), cached on disk."""
     from dcgan_jax import input_pipeline
 
-    images, num_examples = input_pipeline.source_images(config, 0, 1)
+    source = input_pipeline.source_images(config, 0, 1)
+    images, num_examples = source.images, source.num_examples
     count = min(num_examples, config.fid_reference_samples)
     images = reference_subset(images, num_examples, count)
     cache_dir = config.fid_stats_dir or os.path.join(CACHE_DIR, "fid_stats")
-    path = reference_cache_path(config, cache_dir, count)
+    path = reference_cache_path(config, cache_dir, count, features.fingerprint)
     if os.path.isfile(path):
         with np.load(path) as cached:
             return {key: cached[key] for key in cached.files}
@@ -190,12 +212,14 @@ def evaluate_generator(
     pool3, logits = features.of_batches(batches)
     stats = metrics.feature_statistics(pool3)
     fid = metrics.frechet_distance(stats["mu"], stats["sigma"], reference["mu"], reference["sigma"])
-    is_mean, is_std = metrics.inception_score(logits)
+    is_mean, is_std = metrics.inception_score(logits, INCEPTION_SCORE_SPLITS)
     kid_mean, kid_std = metrics.kernel_inception_distance(pool3, reference["kid_features"])
     return {
         "fid": fid,
         "inception_score": is_mean,
         "inception_score_std": is_std,
+        "inception_score_splits": INCEPTION_SCORE_SPLITS,
+        "inception_score_logits": getattr(features, "score_logits", "classifier"),
         "kid": kid_mean,
         "kid_std": kid_std,
         "num_samples": num_samples,
@@ -229,26 +253,57 @@ def evaluate_and_record(state, config, features, reference, num_samples: int, wo
     return results, out
 
 
-def run(workdir: str, num_samples: int, step: int | None, weights: str) -> dict:
+def run(
+    workdir: str,
+    num_samples: int,
+    step: int | None,
+    weights: str,
+    inception_score_logits: str | None = None,
+) -> dict:
     config, state = checkpointing.load_latest(workdir, step)
     if num_samples < 2:
         raise UserError("--num_samples must be at least 2 (FID needs a covariance).")
+    if inception_score_logits is not None:
+        if inception_score_logits not in metrics.SCORE_LOGITS:
+            raise UserError(
+                f"--inception_score_logits must be one of {', '.join(metrics.SCORE_LOGITS)}, "
+                f"got {inception_score_logits!r}. Fix: --inception_score_logits=unbiased."
+            )
+        with config.unlocked():
+            config.inception_score_logits = inception_score_logits
     features, reference = features_and_reference(config, weights)
     results, out = evaluate_and_record(state, config, features, reference, num_samples, workdir)
     print(format_results(results) + f"\nWrote {out}.")
     return results
 
 
+# FID is biased upward roughly linearly in 1/N (Chong & Forsyth, 2020): published figures
+# use 50,000 generated images, and only figures with the same N compare.
+PUBLISHED_NUM_SAMPLES = 50_000
+
+
 def format_results(results: dict) -> str:
     distance = results.get("distance", "FID")
     score = "digits Inception Score" if distance == "FDD" else "Inception Score"
-    return (
+    logits = results.get("inception_score_logits", "")
+    convention = f", {results.get('inception_score_splits', 10)} splits" + (
+        f", {logits} logits" if logits in metrics.SCORE_LOGITS else ""
+    )
+    text = (
         f"step {results['step']}: {distance} {results['fid']:.2f} | {score} "
-        f"{results['inception_score']:.2f} +- {results['inception_score_std']:.2f} | KID "
+        f"{results['inception_score']:.2f} +- {results['inception_score_std']:.2f}"
+        f" ({convention[2:]}) | KID "
         f"{results['kid']:.4f} +- {results['kid_std']:.4f} ({results['num_samples']} samples "
         f"vs {results['num_reference']} training images; {results.get('features', 'inception')} "
         "features)"
     )
+    if distance == "FID" and results["num_samples"] != PUBLISHED_NUM_SAMPLES:
+        text += (
+            f"\nNote: {results['num_samples']:,} generated samples; published FIDs use "
+            f"{PUBLISHED_NUM_SAMPLES:,} (FID falls with more samples), so compare only "
+            "figures with the same count."
+        )
+    return text
 
 
 def main(argv) -> None:
@@ -256,13 +311,23 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     with exit_on_user_error():
-        run(f.workdir, f.num_samples, f.step, f.fid_weights)
+        run(f.workdir, f.num_samples, f.step, f.fid_weights, f.inception_score_logits)
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Training run directory (its checkpoints/ are read).")
     flags.DEFINE_integer(
-        "num_samples", 10_000, "Generated images to evaluate (FID needs >= 2).", lower_bound=2
+        "num_samples",
+        PUBLISHED_NUM_SAMPLES,
+        "Generated images to evaluate (FID needs >= 2; published FIDs use 50,000).",
+        lower_bound=2,
+    )
+    flags.DEFINE_enum(
+        "inception_score_logits",
+        None,
+        list(metrics.SCORE_LOGITS),
+        "Logits of the Inception Score: unbiased (pool3 @ W, the original code's and "
+        "torch-fidelity's) or biased (with the fc bias). Default: the run's config.",
     )
     flags.DEFINE_integer(
         "step", None, "Checkpoint step to evaluate (default: the latest).", lower_bound=0

@@ -187,8 +187,12 @@ class FIDInceptionV3(nn.Module):
         x = InceptionE(max_pool_branch=False, name="Mixed_7b")(x)
         x = InceptionE(max_pool_branch=True, name="Mixed_7c")(x)
         pool3 = jnp.mean(x, axis=(1, 2))
-        logits = nn.Dense(NUM_CLASSES, precision=FEATURE_PRECISION, name="fc")(pool3)
-        return {"pool3": pool3, "logits": logits}
+        fc = nn.Dense(NUM_CLASSES, precision=FEATURE_PRECISION, name="fc")
+        logits = fc(pool3)
+        # The original Inception Score code (and torch-fidelity's default) takes the softmax
+        # of pool3 @ W, without the fc layer's bias: both are returned.
+        unbiased = jnp.dot(pool3, fc.variables["params"]["kernel"], precision=FEATURE_PRECISION)
+        return {"pool3": pool3, "logits": logits, "logits_unbiased": unbiased}
 
 
 def resize_for_inception(images: jax.Array) -> jax.Array:

@@ -8,7 +8,8 @@ model's image size and channels by a centered square crop and an antialiased res
 
 The order of examples is a pure function of (seed, epoch), so a run resumed at step t sees
 exactly the batches an uninterrupted run would: the stream is the concatenation of
-per-epoch shuffles, and step t starts at example t * batch_size of that stream.
+per-epoch orders (for folders and the digits, uniform random permutations; for TFDS a
+window shuffle of the stored order), and step t starts at example t * batch_size of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -25,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error
+from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error, effective_epoch_order
 
 # TensorFlow only feeds the input pipeline; it must leave accelerator memory to JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -184,10 +186,16 @@ def _readable_folder_files(directory: str) -> list[str]:
 
 
 class ImageSource(NamedTuple):
-    """A process's training images (uint8, in the model's format) and how many there are."""
+    """A process's training images (uint8, in the model's format) and how many there are.
+
+    `images` reads them in file order. `load`, where the source allows random access (the
+    digits in memory, a folder's files), maps an example's index to its image: the stream
+    then draws each epoch as a uniform permutation of the indices and decodes only what it
+    reads. TFDS datasets have no random access (`load` is None)."""
 
     images: tf.data.Dataset
     num_examples: int
+    load: Callable[[tf.Tensor], tf.Tensor] | None = None
 
 
 def source_images(
@@ -203,15 +211,24 @@ def source_images(
         process_index, process_count = jax.process_index(), jax.process_count()
     if config.input_sharding == "global_batches":
         process_index, process_count = 0, 1
+
+    def to_model_format(image):
+        return _to_model_format(image, config.image_size, config.channels, config.crop_size)
+
+    load = None
     if config.dataset == "digits":
         images = load_digits_images()
-        images = images[_process_share(len(images), process_index, process_count)]
-        ds, num_examples = tf.data.Dataset.from_tensor_slices(images), len(images)
+        images = tf.constant(images[_process_share(len(images), process_index, process_count)])
+        ds, num_examples = tf.data.Dataset.from_tensor_slices(images), int(images.shape[0])
+        load = lambda index: to_model_format(tf.gather(images, index))
     elif config.dataset.startswith(FOLDER_PREFIX):
         files = _readable_folder_files(config.dataset[len(FOLDER_PREFIX) :])
-        files = files[_process_share(len(files), process_index, process_count)]
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        ds, num_examples = ds.map(_decode_file, num_parallel_calls=tf.data.AUTOTUNE), len(files)
+        files = tf.constant(files[_process_share(len(files), process_index, process_count)])
+        ds = tf.data.Dataset.from_tensor_slices(files).map(
+            _decode_file, num_parallel_calls=tf.data.AUTOTUNE
+        )
+        num_examples = int(files.shape[0])
+        load = lambda index: to_model_format(_decode_file(tf.gather(files, index)))
     else:
         split = "train"
         if process_count > 1:
@@ -220,10 +237,7 @@ def source_images(
         num_examples = int(ds.cardinality())
         if num_examples < 0:  # unknown; count once
             num_examples = int(ds.reduce(0, lambda n, _: n + 1))
-    ds = ds.map(
-        lambda image: _to_model_format(image, config.image_size, config.channels, config.crop_size),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    ds = ds.map(to_model_format, num_parallel_calls=tf.data.AUTOTUNE)
     local_batch = config.batch_size // process_count  # process_count is 1 for global_batches
     if num_examples < local_batch:
         raise UserError(
@@ -231,12 +245,15 @@ def source_images(
             + (f" per process ({process_count} processes)" if process_count > 1 else "")
             + f", fewer than the batch of {local_batch}. Fix: a smaller --config.batch_size."
         )
-    return ImageSource(ds, num_examples)
+    return ImageSource(ds, num_examples, load)
+
+
+# How each epoch's order is drawn (config.epoch_order).
+EPOCH_ORDERS = ("permutation", "window")
 
 
 def batched_stream(
-    images: tf.data.Dataset,
-    num_examples: int,
+    source: ImageSource,
     *,
     batch_size: int,
     num_devices: int,
@@ -245,34 +262,75 @@ def batched_stream(
     start_step: int = 0,
     cache: bool = True,
     rows: slice | None = None,
+    epoch_order: str = "permutation",
 ) -> tf.data.Dataset:
     """An endless stream of (num_devices, per_device, H, W, C) float batches.
 
-    Epoch e is `images` shuffled with seed (seed, e); the epochs are concatenated and
-    batched with drop_remainder, so batches may straddle epochs. Starting at `start_step`
-    skips exactly `start_step * batch_size` examples of that stream. With `rows`, only
-    those rows of each batch are kept (this process's part of a global batch);
-    per_device = (rows of a batch) // num_devices.
+    Epoch e is the source's examples in an order drawn from (seed, e): with
+    `epoch_order="permutation"` and a source with random access (`source.load`), a uniform
+    random permutation of all of them, decoded lazily; otherwise (TFDS, or "window", the
+    order of runs before permutations) the file order shuffled through a window of
+    `shuffle_buffer_size` examples. The epochs are concatenated and batched with
+    drop_remainder, so batches may straddle epochs. Starting at `start_step` skips exactly
+    `start_step * batch_size` examples of that stream: with permutations as indices,
+    without decoding them. With `rows`, only those rows of each batch are kept (this
+    process's part of a global batch); per_device = (rows of a batch) // num_devices.
+    `cache` keeps the decoded images in memory (decoded once, not every epoch).
     """
-    if cache:
-        images = images.cache()  # decoded, resized uint8 images: decode once, not per epoch
+    if epoch_order not in EPOCH_ORDERS:
+        raise ValueError(f"epoch_order must be one of {EPOCH_ORDERS}, got {epoch_order!r}")
+    num_examples = source.num_examples
     first_epoch, offset = divmod(start_step * batch_size, num_examples)
     seed = tf.constant(seed, tf.int64)
-
-    def epoch(index):
-        # A distinct, reproducible order per epoch (the op seed may be any int64).
-        return images.shuffle(
-            shuffle_buffer_size, seed=seed * 1_000_003 + index, reshuffle_each_iteration=False
-        )
-
     rows = rows or slice(0, batch_size)
     per_device = (rows.stop - rows.start) // num_devices
-    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    ds = ds.skip(offset)
-    ds = ds.batch(batch_size, drop_remainder=True)
+
+    def epoch_seed(index):
+        # A distinct, reproducible order per epoch (the op seed may be any int64).
+        return seed * 1_000_003 + index
+
+    epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+    if epoch_order == "permutation" and source.load is not None:
+        if cache:
+            # Every image decoded once, in parallel, into one array; epochs gather from it.
+            stored = tf.constant(np.stack(list(source.images.as_numpy_iterator())))
+            load = lambda index: tf.gather(stored, index)
+        else:
+            load = source.load
+
+        def permutation(index):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(num_examples, dtype=tf.int64),
+                seed=tf.stack([seed, index]),
+            )
+            return tf.data.Dataset.from_tensor_slices(order)
+
+        indices = epochs.flat_map(permutation).skip(offset)  # indices: skipping is free
+        indices = indices.batch(batch_size, drop_remainder=True)
+        ds = indices.map(lambda batch: batch[rows.start : rows.stop]).unbatch()
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(rows.stop - rows.start, drop_remainder=True)
+    else:
+        images = source.images.cache() if cache else source.images
+        if offset and not cache:
+            logging.info(
+                "Resuming inside epoch %d: reading past its first %d examples (they are "
+                "decoded to be skipped; TFDS datasets have no random access).",
+                first_epoch,
+                offset,
+            )
+
+        def window_shuffled(index):
+            return images.shuffle(
+                shuffle_buffer_size, seed=epoch_seed(index), reshuffle_each_iteration=False
+            )
+
+        ds = epochs.flat_map(window_shuffled).skip(offset)
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(lambda batch: batch[rows.start : rows.stop])
 
     def to_model_input(batch):
-        batch = tf.cast(batch[rows.start : rows.stop], tf.float32) / 127.5 - 1.0
+        batch = tf.cast(batch, tf.float32) / 127.5 - 1.0
         return tf.reshape(batch, [num_devices, per_device, *batch.shape[1:]])
 
     ds = ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
@@ -302,21 +360,23 @@ def create_dataset(
     if process_count is None:
         process_index, process_count = jax.process_index(), jax.process_count()
     process_index = process_index or 0
-    images, num_examples = source if source is not None else source_images(config)
+    source = source if source is not None else source_images(config)
     local_batch = config.batch_size // process_count
     rows = None
     if config.input_sharding == "global_batches":
         rows = slice(process_index * local_batch, (process_index + 1) * local_batch)
     return batched_stream(
-        images,
-        num_examples,
+        source,
         batch_size=config.batch_size if rows else local_batch,
         rows=rows,
         num_devices=num_devices,
         seed=config.seed if rows else share_seed(config.seed, process_index),
         shuffle_buffer_size=config.shuffle_buffer_size,
         start_step=start_step,
-        cache=_decide_cache(config, num_examples, process_index) if cache is None else cache,
+        cache=(
+            _decide_cache(config, source.num_examples, process_index) if cache is None else cache
+        ),
+        epoch_order=effective_epoch_order(config),
     )
 
 
@@ -373,7 +433,7 @@ def measure_throughput(config, num_batches: int, cache: bool | None = None) -> d
         next(batches)
     elapsed = time.perf_counter() - started
     return {
-        "examples": source[1],
+        "examples": source.num_examples,
         "first_epoch_images_per_s": batches_per_epoch * config.batch_size / first_epoch_s,
         "images_per_s": num_batches * config.batch_size / elapsed,
     }

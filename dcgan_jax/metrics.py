@@ -8,13 +8,15 @@ the statistics are computed on the host in float64:
   square root comes from the eigenvalues of S1^(1/2) S2 S1^(1/2), which are real and
   non-negative, so no complex parts need discarding.
 - Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) over 10 splits, from
-  the softmax of the 2015 graph's 1008 logits; mean and standard deviation of the splits.
+  the softmax of the 2015 graph's 1008 logits (by default pool3 @ W without the fc bias, as
+  the original code and torch-fidelity); mean and standard deviation of the splits.
 - KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel (x.y / d + 1)^3, averaged
   over random subsets of 1,000 (mean and standard deviation over 100 subsets).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import jax
@@ -98,20 +100,41 @@ def kernel_inception_distance(
     return float(np.mean(estimates)), float(np.std(estimates))
 
 
+@functools.cache
+def _inception_apply():
+    """One jitted Inception for the process: feature extractors with other weights or score
+    conventions reuse its compiled programs."""
+    return jax.jit(inception.FIDInceptionV3().apply)
+
+
+# Which logits the Inception Score takes: "unbiased" (pool3 @ W, as the original IS code
+# and torch-fidelity's default) or "biased" (the fc layer's output, W and its bias).
+SCORE_LOGITS = ("unbiased", "biased")
+
+
 class InceptionFeatures:
-    """pool3 features and logits of image batches, computed with jit on the default device."""
+    """pool3 features and logits of image batches, computed with jit on the default device.
+
+    `fingerprint` identifies what changes the features (the weight file's digest and the
+    precision): cached reference statistics are keyed by it."""
 
     name = "inception-v3-pool3"
     distance_name = "FID"
 
-    def __init__(self, variables: dict):
+    def __init__(self, variables: dict, score_logits: str = "unbiased", weights_digest: str = ""):
+        if score_logits not in SCORE_LOGITS:
+            raise ValueError(f"score_logits must be one of {SCORE_LOGITS}, got {score_logits!r}")
+        self.score_logits = score_logits
+        self.fingerprint = f"{weights_digest or 'unknown'}-{inception.FEATURE_PRECISION.name}"
         self._variables = jax.device_put(variables)
-        self._apply = jax.jit(inception.FIDInceptionV3().apply)
+        self._apply = _inception_apply()
 
     def __call__(self, images) -> tuple[np.ndarray, np.ndarray]:
-        """(N, H, W, C) images in [-1, 1] -> (pool3 (N, 2048), logits (N, 1008)), float32."""
+        """(N, H, W, C) images in [-1, 1] -> (pool3 (N, 2048), logits (N, 1008)), float32;
+        the logits those the Inception Score is to take (`score_logits`)."""
         out = self._apply(self._variables, images)
-        return np.asarray(out["pool3"]), np.asarray(out["logits"])
+        key = "logits_unbiased" if self.score_logits == "unbiased" else "logits"
+        return np.asarray(out["pool3"]), np.asarray(out[key])
 
     def of_batches(self, batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         pool3, logits = [], []

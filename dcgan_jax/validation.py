@@ -42,6 +42,8 @@ _POSITIVE_INTS = (
 _BOOLS = ("half_precision", "check_finite_every_step", "ema_warmup")
 _STRINGS = (
     "eval_features",
+    "inception_score_logits",
+    "epoch_order",
     "sample_batchnorm",
     "dataset",
     "data_dir",
@@ -51,6 +53,14 @@ _STRINGS = (
     "fid_weights",
     "fid_stats_dir",
 )
+
+
+def effective_epoch_order(config) -> str:
+    """The epoch order `config` gives: "permutation" only where the source has random
+    access (the digits, folders); TFDS datasets are window-shuffled whatever is asked."""
+    order = config.get("epoch_order", "window")
+    random_access = config.dataset == "digits" or config.dataset.startswith(FOLDER_PREFIX)
+    return order if random_access else "window"
 
 
 class UserError(Exception):
@@ -177,6 +187,10 @@ def _field_problem(key: str, value) -> str | None:
         return "must be 'auto', 'matmul' or 'lax'. Fix: --config.convolutions=auto"
     if key == "sample_batchnorm" and value not in ("running", "batch"):
         return "must be 'running' or 'batch'. Fix: --config.sample_batchnorm=running"
+    if key == "epoch_order" and value not in ("permutation", "window"):
+        return "must be 'permutation' or 'window'. Fix: --config.epoch_order=permutation"
+    if key == "inception_score_logits" and value not in ("unbiased", "biased"):
+        return "must be 'unbiased' or 'biased'. Fix: --config.inception_score_logits=unbiased"
     if key == "eval_features" and value not in ("auto", "inception", "digits"):
         return "must be 'auto', 'inception' or 'digits'. Fix: --config.eval_features=auto"
     if key == "d_head" and value not in ("conv", "linear"):

@@ -103,7 +103,7 @@ def _make_mixed_folder(root):
 
 
 def _folder_images(config):
-    images, count = input_pipeline.source_images(config, 0, 1)
+    images, count = input_pipeline.source_images(config, 0, 1)[:2]
     return np.stack(list(images.as_numpy_iterator())), count
 
 
@@ -156,10 +156,10 @@ def test_processes_read_disjoint_equal_shares_of_a_folder(tmp_path):
     for i in range(10):
         _save(tmp_path / f"{i:02d}.png", np.full((8, 8), np.uint8(i * 20)))
     config = tiny_config(dataset=f"folder:{tmp_path}", batch_size=4)
-    whole, _ = input_pipeline.source_images(config, 0, 1)
+    whole = input_pipeline.source_images(config, 0, 1).images
     shares = [input_pipeline.source_images(config, p, 2) for p in range(2)]
-    assert [count for _, count in shares] == [5, 5]
-    values = [_numbers(ds.as_numpy_iterator()) for ds, _ in shares]
+    assert [share.num_examples for share in shares] == [5, 5]
+    values = [_numbers(ds.as_numpy_iterator()) for ds in (share.images for share in shares)]
     assert not set(values[0]) & set(values[1])
     assert values[0] + values[1] == _numbers(whole.as_numpy_iterator())
     # Each process batches its half of the global batch, the same way every time.
@@ -175,8 +175,8 @@ def test_processes_read_disjoint_equal_shares_of_a_folder(tmp_path):
 def test_processes_read_disjoint_equal_shares_of_digits():
     config = tiny_config()
     shares = [input_pipeline.source_images(config, p, 2) for p in range(2)]
-    assert [count for _, count in shares] == [898, 898]  # 1,797 // 2; one left out
-    halves = [np.stack(list(ds.as_numpy_iterator())) for ds, _ in shares]
+    assert [share.num_examples for share in shares] == [898, 898]  # 1,797 // 2; one left out
+    halves = [np.stack(list(ds.as_numpy_iterator())) for ds in (share.images for share in shares)]
     everything = np.stack(
         list(input_pipeline.source_images(config, 0, 1).images.as_numpy_iterator())
     )
@@ -212,11 +212,11 @@ def test_processes_read_disjoint_equal_shares_of_a_tfds_split(tmp_path, monkeypa
 
     monkeypatch.setattr(input_pipeline.tfds, "load", load)
     config = tiny_config(dataset="mnist", image_size=16, batch_size=4)
-    _, count = input_pipeline.source_images(config, 0, 1)
+    count = input_pipeline.source_images(config, 0, 1).num_examples
     assert count == 21
     shares = [input_pipeline.source_images(config, p, 2) for p in range(2)]
-    assert [n for _, n in shares] == [10, 10]
-    values = [_numbers(ds.as_numpy_iterator()) for ds, _ in shares]
+    assert [share.num_examples for share in shares] == [10, 10]
+    values = [_numbers(ds.as_numpy_iterator()) for ds in (share.images for share in shares)]
     assert not set(values[0]) & set(values[1])
     assert set(values[0]) | set(values[1]) <= set(range(21))
     # Each process reads only its slice of the split, not the whole split.
@@ -305,3 +305,107 @@ def test_each_process_share_is_shuffled_with_its_own_seed():
     seeds = {input_pipeline.share_seed(config.seed, p) for p in range(8)}
     assert len(seeds) == 8 and all(0 <= s < 2**31 for s in seeds)
     assert orders[0].shape == orders[1].shape and not np.array_equal(orders[0], orders[1])
+
+
+def _numbered_source(count: int, decoded: list | None = None):
+    """A random-access source of `count` 1x2 images that encode their own index (high and
+    low byte); `decoded` records every index that `load` reads."""
+    import tensorflow as tf
+
+    array = np.stack([np.array([[[i // 256], [i % 256]]], np.uint8) for i in range(count)])
+
+    def read(index):
+        if decoded is not None:
+            decoded.append(int(index))
+        return array[int(index)]
+
+    def load(index):
+        image = tf.py_function(read, [index], tf.uint8)
+        return tf.ensure_shape(image, array.shape[1:])
+
+    return input_pipeline.ImageSource(tf.data.Dataset.from_tensor_slices(array), count, load)
+
+
+def _indices(batches) -> list[int]:
+    levels = np.round((np.concatenate([b.reshape(-1, 2) for b in batches]) + 1.0) * 127.5)
+    return [int(high) * 256 + int(low) for high, low in levels]
+
+
+def _stream(source, order, seed=0, start_step=0, cache=False, batch_size=10, buffer=4):
+    return input_pipeline.batched_stream(
+        source,
+        batch_size=batch_size,
+        num_devices=1,
+        seed=seed,
+        shuffle_buffer_size=buffer,
+        start_step=start_step,
+        cache=cache,
+        epoch_order=order,
+    )
+
+
+def test_each_epoch_is_a_uniform_permutation_not_a_window_shuffle():
+    """A sorted folder must not reach training nearly in file order: with permutations the
+    first example's place in an epoch is uniform over the epoch; a small window keeps it
+    near the start (the old order, still used by TFDS datasets)."""
+    count = 40
+    source = _numbered_source(count)
+    places = {"permutation": [], "window": []}
+    for order, seeds in (("permutation", 60), ("window", 20)):
+        for seed in range(seeds):
+            epoch = _indices(_take(_stream(source, order, seed=seed), count // 10))
+            assert sorted(epoch) == list(range(count))  # every example once per epoch
+            places[order].append(epoch.index(0))
+    quarters = np.bincount(np.array(places["permutation"]) * 4 // count, minlength=4)
+    assert quarters.min() >= 5, quarters  # uniform: 15 expected in each quarter
+    # A 4-wide window keeps example 0 near the start: its place is geometric, mean ~3.
+    assert np.mean(places["window"]) < count / 8 < np.mean(places["permutation"]) / 2
+    # Deterministic from (seed, epoch), and epochs differ.
+    two = _indices(_take(_stream(source, "permutation", seed=7), 8))
+    assert two == _indices(_take(_stream(source, "permutation", seed=7), 8))
+    assert two[:count] != two[count:] and sorted(two[count:]) == list(range(count))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_resuming_skips_the_epochs_start_without_decoding_it(cache):
+    decoded = []
+    source = _numbered_source(1000, decoded)
+    from_start = _indices(_take(_stream(source, "permutation", cache=cache), 6))
+    decoded.clear()
+    # Step 5 of batches of 10: the first 50 examples of epoch 0 are skipped.
+    resumed = _indices(_take(_stream(source, "permutation", start_step=5, cache=cache), 1))
+    assert resumed == from_start[50:60]
+    if not cache:  # (a cached source decodes everything once, in file order, up front)
+        assert not set(decoded) & set(from_start[:50]), "skipped examples were decoded"
+
+
+def test_folders_and_digits_permute_while_tfds_keeps_its_window_and_old_runs_resume():
+    from dcgan_jax import checkpointing
+    from dcgan_jax.validation import effective_epoch_order
+
+    digits, folder, tfds_config = (
+        tiny_config(),
+        tiny_config(dataset="folder:/data"),
+        tiny_config(dataset="cifar10"),
+    )
+    assert effective_epoch_order(digits) == effective_epoch_order(folder) == "permutation"
+    assert effective_epoch_order(tfds_config) == "window"
+    # A checkpoint from before permutations (no epoch_order: the window order) resumes a
+    # TFDS run unchanged, and refuses a digits run unless the old order is asked for.
+    for config in (digits, tfds_config):
+        legacy = config.copy_and_resolve_references()
+        del legacy["epoch_order"]
+        legacy = input_pipeline_default_upgrade(legacy)
+        if config is tfds_config:
+            checkpointing.check_compatible(legacy, config, "ckpts")
+        else:
+            with pytest.raises(UserError, match="epoch_order: checkpoint 'window' vs now"):
+                checkpointing.check_compatible(legacy, config, "ckpts")
+            config.epoch_order = "window"
+            checkpointing.check_compatible(legacy, config, "ckpts")
+
+
+def input_pipeline_default_upgrade(config):
+    from dcgan_jax import default_config
+
+    return default_config.upgrade_legacy_fields(config)

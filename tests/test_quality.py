@@ -102,7 +102,8 @@ def test_fid_inception_asks_for_full_float32_products_on_every_backend():
     products = [
         e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("conv_general_dilated", "dot_general")
     ]
-    assert len(products) == 95  # 94 convolutions and the classifier
+    # 94 convolutions, the classifier and its logits without bias (the Inception Score's)
+    assert len(products) == 96
     highest = jax.lax.Precision.HIGHEST
     assert all(e.params["precision"] in (highest, (highest, highest)) for e in products)
 
@@ -312,6 +313,38 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     for key in ("fid", "inception_score", "kid"):
         assert again[key] == pytest.approx(during[key], rel=1e-5), key
     assert f"step 4: FID {again['fid']:.2f}" in result.stdout
+    # The Inception Score's convention is recorded: 10 splits of pool3 @ W (no fc bias).
+    assert again["inception_score_splits"] == during["inception_score_splits"] == 10
+    assert again["inception_score_logits"] == during["inception_score_logits"] == "unbiased"
+    assert "10 splits, unbiased logits" in result.stdout
+    assert "published FIDs use 50,000" in result.stdout  # 24 samples are not comparable
+
+    # "biased" takes the fc layer's output: the same pool3, logits larger by the fc bias.
+    # (Same batch shape as the evaluation above: the compiled Inception is reused.)
+    unbiased = evaluate.load_features(weight_file)
+    biased = evaluate.load_features(weight_file, score_logits="biased")
+    assert unbiased.fingerprint == biased.fingerprint and unbiased.fingerprint in cached
+    images = np.random.default_rng(3).uniform(-1, 1, (24, 16, 16, 1)).astype(np.float32)
+    (pool_u, logits_u), (pool_b, logits_b) = unbiased(images), biased(images)
+    np.testing.assert_array_equal(pool_u, pool_b)
+    bias = inception.random_variables(seed=5)["params"]["fc"]["bias"]
+    assert np.abs(bias).max() > 0
+    np.testing.assert_allclose(
+        logits_b - logits_u,
+        np.broadcast_to(bias, logits_b.shape),
+        atol=1e-5 * np.abs(logits_b).max(),
+    )
+
+
+def test_reference_statistics_are_keyed_by_the_feature_network(tmp_path):
+    """Changing the weight file (its digest) or the precision must not reuse statistics."""
+    config = tiny_config()
+    paths = {
+        evaluate.reference_cache_path(config, str(tmp_path), 100, features_id)
+        for features_id in ("0123abcd-HIGHEST", "4567ef01-HIGHEST", "0123abcd-DEFAULT")
+    }
+    assert len(paths) == 3
+    assert evaluate.reference_cache_path(config, str(tmp_path), 100, "0123abcd-HIGHEST") in paths
 
 
 # --- EMA --------------------------------------------------------------------------------

@@ -375,6 +375,8 @@ ACCEPTS = {
     "max_checkpoints": _POSITIVE,
     "check_finite_every_step": lambda v: type(v) is bool,
     "ema_warmup": lambda v: type(v) is bool,
+    "epoch_order": lambda v: v in ("permutation", "window") and isinstance(v, str),
+    "inception_score_logits": lambda v: v in ("unbiased", "biased") and isinstance(v, str),
 }
 
 ANY_VALUE = st.one_of(
@@ -471,7 +473,12 @@ def test_lock_is_released_when_the_run_ends(tmp_path):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("shuffle_buffer_size", 1000), ("input_sharding", "global_batches"), ("seed", 1)],
+    [
+        ("shuffle_buffer_size", 1000),
+        ("input_sharding", "global_batches"),
+        ("seed", 1),
+        ("epoch_order", "window"),
+    ],
 )
 def test_resume_refuses_a_config_that_changes_the_data_stream(field, value):
     saved = tiny_config()
