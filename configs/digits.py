@@ -18,13 +18,6 @@ def get_config():
     config.z_dim = 32
     config.g_features = 32  # hidden widths 64, 32
     config.d_features = 32  # widths 32, 64
-    config.d_head = "linear"
-    config.batch_size = 64
     config.num_train_steps = 3_000
-    config.learning_rate = 2e-4
-    config.beta1 = 0.5
-    config.beta2 = 0.999
-    config.log_every_steps = 100
     config.sample_every_steps = 500
-    config.checkpoint_every_steps = 1_000
     return config

@@ -21,18 +21,10 @@ def get_config():
     config = default_config.get_config()
     config.dataset = "lsun/bedroom"
     config.image_size = 64
-    config.channels = 3
-    config.crop_size = 0  # the largest centered square: resize shorter side, center crop
     config.shuffle_buffer_size = 20_000  # 3M images do not fit in memory: a window shuffle
-    config.z_dim = 100
     config.g_features = 64  # ngf: hidden widths 512, 256, 128, 64
-    config.d_features = 64  # ndf: widths 64, 128, 256, 512
     config.d_head = "conv"
-    config.batch_size = 64
     config.num_train_steps = 50_000
-    config.learning_rate = 2e-4
-    config.beta1 = 0.5
-    config.beta2 = 0.999
     config.sample_every_steps = 2_000
     config.checkpoint_every_steps = 2_000
     return config

@@ -3,7 +3,7 @@
     python -m dcgan_jax.train --config configs/mnist.py --workdir runs/mnist
 
 The CIFAR-10 architecture with half the widths and a 1-channel output. TFDS downloads
-MNIST (~11 MB) on the first run; digits are recognisable after about 1,000 steps.
+MNIST (~11 MB) on the first run.
 Compute: 5,000 steps x 64 images x 0.68 GFLOP = 0.22 PFLOP; a small share of what the
 CIFAR-10 model takes (see configs/cifar.py for measured speeds). Not measured itself.
 """
@@ -14,15 +14,7 @@ from dcgan_jax import default_config
 def get_config():
     config = default_config.get_config()
     config.dataset = "mnist"
-    config.image_size = 32
     config.channels = 1
-    config.z_dim = 100
     config.g_features = 128  # hidden widths 512, 256, 128
-    config.d_features = 64  # widths 64, 128, 256
-    config.d_head = "linear"
-    config.batch_size = 64
     config.num_train_steps = 5_000
-    config.learning_rate = 2e-4
-    config.beta1 = 0.5
-    config.beta2 = 0.999
     return config

@@ -1,6 +1,6 @@
 """Side-by-side training speed of this project and the PyTorch reference, in one process.
 
-    python -m dcgan_jax.benchmark --config configs/cifar.py [--batch_size 64]
+    python -m dcgan_jax.benchmark --config configs/cifar.py [--config.batch_size=64]
         [--precision fp32|bf16] [--windows 7] [--steps_per_window 5] [--torch_compile]
         [--json results.json]
     python -m dcgan_jax.benchmark --config configs/cifar.py --profile   # step_profile.py
@@ -485,8 +485,6 @@ def main(argv) -> None:
         raise app.UsageError("--config is required (or --suite --out DIR)")
     config = f.config
     with config.unlocked():
-        if f.batch_size is not None:
-            config.batch_size = f.batch_size
         if f.precision is not None:
             if f.precision not in ("fp32", "bf16"):
                 raise app.UsageError("--precision must be fp32 or bf16")
@@ -543,7 +541,6 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar.py.")
-    flags.DEFINE_integer("batch_size", None, "Global batch size (default: the config's).")
     flags.DEFINE_string("precision", None, "fp32 or bf16 (default: the config's).")
     flags.DEFINE_integer("windows", 7, "Timed windows per framework.")
     flags.DEFINE_integer("steps_per_window", 5, "Training steps per timed window.")

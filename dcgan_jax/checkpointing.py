@@ -323,7 +323,7 @@ def _move_aside(manager: ocp.CheckpointManager, step: int, workdir: str) -> str:
     return destination
 
 
-def load_latest(workdir: str, step: int | None = None):
+def load_checkpoint(workdir: str, step: int | None = None):
     """(config, state) from the newest (or the given) checkpoint in `workdir`.
 
     The config is the one stored with the checkpoint, so no config file is needed.

@@ -77,7 +77,7 @@ def workdir_to_torch_files(workdir: str, out_dir: str) -> tuple[str, str]:
     existing = [p for p in paths if os.path.exists(p)]
     if existing:
         raise UserError(f"{existing} already exist; nothing was written. Fix: another --out.")
-    config, state = checkpointing.load_latest(workdir)
+    config, state = checkpointing.load_checkpoint(workdir)
     check_workdir_writable(out_dir)
     for path, state_dict in zip(paths, conversion.state_to_torch(state, config), strict=True):
         torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)

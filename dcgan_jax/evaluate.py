@@ -260,7 +260,7 @@ def run(
     weights: str,
     inception_score_logits: str | None = None,
 ) -> dict:
-    config, state = checkpointing.load_latest(workdir, step)
+    config, state = checkpointing.load_checkpoint(workdir, step)
     if num_samples < 2:
         raise UserError("--num_samples must be at least 2 (FID needs a covariance).")
     if inception_score_logits is not None:

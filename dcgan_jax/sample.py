@@ -51,7 +51,7 @@ def run(workdir: str, out: str, num: int, z_path: str | None, seed: int, step: i
             f"--out {out!r} must end in .png (a grid) or .npy (the raw images); for many "
             "images use --format png (a directory) or --format npz."
         )
-    config, state = checkpointing.load_latest(workdir, step)
+    config, state = checkpointing.load_checkpoint(workdir, step)
     if z_path:
         z = load_latents(z_path, config.z_dim)
     else:
@@ -83,7 +83,7 @@ def _batches(config, state, num: int, batch_size: int, seed: int):
 def export(workdir: str, out: str, num: int, fmt: str, batch_size: int, seed: int, step):
     """Writes `num` generated images as PNG files in directory `out`, or as a uint8 .npz,
     batch by batch (memory use does not grow with `num`)."""
-    config, state = checkpointing.load_latest(workdir, step)
+    config, state = checkpointing.load_checkpoint(workdir, step)
     if num < 1 or batch_size < 1:
         raise UserError("--num and --batch_size must be positive.")
     if fmt == "png":
@@ -116,7 +116,7 @@ def export(workdir: str, out: str, num: int, fmt: str, batch_size: int, seed: in
 
 def interpolate(workdir: str, out: str, num_walks: int, num_steps: int, seed: int, step):
     """`num_walks` spherical latent walks of `num_steps` images: a PNG grid or a GIF."""
-    config, state = checkpointing.load_latest(workdir, step)
+    config, state = checkpointing.load_checkpoint(workdir, step)
     if num_walks < 1 or num_steps < 2:
         raise UserError("--interpolate must be >= 1 and --steps >= 2.")
     z = sampling.interpolation_latents(seed, num_walks, num_steps, config.z_dim)

@@ -154,27 +154,28 @@ def progress_line(
     return f"{line} | {images_per_s:.1f} images/s | ETA {eta}"
 
 
-class SummaryWriter:
-    """TensorBoard scalars and images in `workdir` (TensorFlow is imported only here)."""
+def make_writer(workdir: str, config: ml_collections.ConfigDict):
+    """TensorBoard events in `workdir` (flax.metrics.tensorboard) on process 0, with the
+    config recorded as hyper-parameters; None on the other processes."""
+    if not is_primary():
+        return None
+    from flax.metrics import tensorboard  # imports TensorFlow
 
-    def __init__(self, workdir: str):
-        import tensorflow as tf
+    writer = tensorboard.SummaryWriter(workdir, auto_flush=False)
+    writer.hparams(
+        {
+            key: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for key, value in config.items()
+        }
+    )
+    return writer
 
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(workdir)
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        with self._writer.as_default():
-            for name, value in values.items():
-                self._tf.summary.scalar(name, value, step=step)
-
-    def image(self, step: int, name: str, image: np.ndarray) -> None:
-        with self._writer.as_default():
-            self._tf.summary.image(name, image[None], step=step)
-
-    def close(self) -> None:
-        self._writer.flush()
-        self._writer.close()
+def write_scalars(writer, step: int, values: dict[str, float]) -> None:
+    if writer is not None:
+        for name, value in values.items():
+            writer.scalar(name, value, step)
+        writer.flush()
 
 
 def write_sample_grid(state: GANState, config, workdir: str, step: int, writer) -> str:
@@ -192,7 +193,9 @@ def write_sample_grid(state: GANState, config, workdir: str, step: int, writer) 
             "space or restore write access to the workdir; rerunning resumes from the newest "
             "checkpoint."
         ) from e
-    writer.image(step, "samples", grid)
+    if writer is not None:
+        writer.image("samples", grid, step)
+        writer.flush()
     return path
 
 
@@ -227,19 +230,6 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
-class _NoWriter:
-    """SummaryWriter's interface for processes other than 0."""
-
-    def scalars(self, step, values) -> None:
-        pass
-
-    def image(self, step, name, image) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def is_time(step: int, every: int, last_step: int) -> bool:
     """Whether a periodic action (logging, samples, evaluation, checkpoints) runs after
     `step`: every `every` steps, and always after the last one."""
@@ -266,7 +256,7 @@ class _Run:
     workdir: str
     devices: list
     manager: object  # the Orbax CheckpointManager
-    writer: object  # SummaryWriter on process 0, _NoWriter elsewhere
+    writer: object  # flax.metrics.tensorboard.SummaryWriter on process 0, None elsewhere
     dataset: object  # the tf.data pipeline of this process's batches
     stop: guards.GracefulStop
     on_samples: Callable[[int, str], None] | None
@@ -300,7 +290,7 @@ def _resume_and_train(config, workdir: str, devices, on_samples) -> GANState:
             log(f"Resumed from checkpoint at step {start_step} ({manager.directory}).")
             state = state.with_ema_decay(config.ema_decay)  # ema_decay may change on resume
         dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
-        writer = SummaryWriter(workdir) if is_primary() else _NoWriter()
+        writer = make_writer(workdir, config)
         with guards.GracefulStop() as stop:
             run = _Run(config, workdir, devices, manager, writer, dataset, stop, on_samples)
             state = _train_loop(run, state)
@@ -384,7 +374,7 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
                 if images_per_s
                 else {}
             )
-            writer.scalars(step, {**summary, **rates})
+            write_scalars(writer, step, {**summary, **rates})
             history, window_steps, window_start = [], 0, time.perf_counter()
         stopping = _agreed_stop(run.stop, step, config)
         sample_now = is_time(step, config.sample_every_steps, last) and is_primary()
@@ -401,7 +391,7 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
             results = evaluator(host_state)
             if results is not None:
                 names = ("fid", "inception_score", "kid")
-                writer.scalars(step, {f"eval/{name}": results[name] for name in names})
+                write_scalars(writer, step, {f"eval/{name}": results[name] for name in names})
         if save_now:
             check_finite_state(host_state, step, last_saved)
             checkpointing.save(manager, host_state, config)

@@ -109,8 +109,8 @@ def run(kills: int, seed: int, root: str, num_steps: int | None = None) -> dict:
     if final.returncode != 0:
         raise AssertionError(f"the final restart failed:\n{final.stdout[-2000:]}{final.stderr}")
 
-    _, expected = checkpointing.load_latest(reference)
-    _, actual = checkpointing.load_latest(killed)
+    _, expected = checkpointing.load_checkpoint(reference)
+    _, actual = checkpointing.load_checkpoint(killed)
     assert int(actual.step) == int(expected.step) == num_steps
     assert checkpointing.state_digest(actual) == checkpointing.state_digest(expected), (
         "the killed-and-restarted run differs from the uninterrupted one"

@@ -54,7 +54,7 @@ def test_benchmark_cli_writes_json_without_tensorflow(tmp_path):
         f"--config={os.path.join(repo, 'configs', 'digits.py')}",
         "--config.g_features=8",
         "--config.d_features=8",
-        "--batch_size=8",
+        "--config.batch_size=8",
         "--windows=1",
         "--steps_per_window=1",
         "--no_torch",

@@ -84,7 +84,7 @@ def test_training_continues_from_converted_weights(tmp_path):
     convert.torch_files_to_workdir(
         str(tmp_path / "g.pth"), str(tmp_path / "d.pth"), config, workdir
     )
-    _, converted = checkpointing.load_latest(workdir)
+    _, converted = checkpointing.load_checkpoint(workdir)
     assert int(converted.step) == 0
 
     state = train.train_and_evaluate(config, workdir)

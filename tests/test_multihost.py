@@ -79,21 +79,21 @@ def _assert_close(a, b):
 def test_two_processes_equal_one_and_resume_together(tmp_path):
     single = tmp_path / "single"
     subprocess.run(_command(single, 6), env=_env(), check=True, capture_output=True)
-    _, expected_4 = checkpointing.load_latest(str(single), step=4)
-    _, expected_6 = checkpointing.load_latest(str(single), step=6)
+    _, expected_4 = checkpointing.load_checkpoint(str(single), step=4)
+    _, expected_6 = checkpointing.load_checkpoint(str(single), step=6)
 
     pair = tmp_path / "pair"
     (out0, _), (out1, _) = _finish(_start_pair(pair, 4))
     assert "Process 0 of 2 (explicit); 4 devices in all, 2 here." in out0
     assert "step 4/4" in out0 and "step" not in out1  # only process 0 logs (gloo chats)
-    _, state_4 = checkpointing.load_latest(str(pair))
+    _, state_4 = checkpointing.load_checkpoint(str(pair))
     assert int(state_4.step) == 4
     _assert_close(state_4, expected_4)
     assert sorted(os.listdir(pair / "samples")) == ["step_000002.png", "step_000004.png"]
 
     (out0, _), _ = _finish(_start_pair(pair, 6))
     assert "Resumed from checkpoint at step 4" in out0
-    _, state_6 = checkpointing.load_latest(str(pair))
+    _, state_6 = checkpointing.load_checkpoint(str(pair))
     assert int(state_6.step) == 6
     _assert_close(state_6, expected_6)
 

@@ -282,7 +282,7 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     best = min(results, key=lambda r: r["fid"])
     assert json.loads((workdir / "best_fid" / "best.json").read_text())["step"] == best["step"]
     # best_fid is a workdir of its own: the best state, loadable like any checkpoint.
-    _, best_state = checkpointing.load_latest(str(workdir / "best_fid"))
+    _, best_state = checkpointing.load_checkpoint(str(workdir / "best_fid"))
     assert int(best_state.step) == best["step"]
     (cached,) = os.listdir(stats_dir)
     with np.load(stats_dir / cached) as stats:

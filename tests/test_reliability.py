@@ -253,7 +253,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(
     with pytest.raises(FloatingPointError, match=message):
         train.train_and_evaluate(tiny_config(num_train_steps=6, **overrides), str(workdir))
     assert _steps(workdir) == [2]
-    _, state = checkpointing.load_latest(str(workdir))
+    _, state = checkpointing.load_checkpoint(str(workdir))
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(state))
 
 

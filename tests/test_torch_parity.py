@@ -224,7 +224,7 @@ def _exact_gradients(fresh64, config, before_g, before_d, records, real, z, beta
     float32 comparison, computed in float64 (which agrees with PyTorch's float64 to 1e-7,
     test_training_steps_match_in_float64)."""
     as64 = lambda sd: {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in sd.items()}
-    with jax.enable_x64(True):
+    with parity.float64_enabled():
         state = conversion.load_into_state(fresh64, as64(before_g), as64(before_d), config)
         updated = conversion.load_into_state(
             fresh64, as64(before_g), as64(records["d_after"]), config
@@ -263,7 +263,7 @@ def _g_half_step(g_state, d_state, z):
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
     config, fresh, (net_g, net_d, opt_g, opt_d), real, z = _setup(arch, seed)
-    with jax.enable_x64(True):
+    with parity.float64_enabled():
         fresh64 = _setup(arch, seed, np.float64)[1]  # the float64 template of the state
     records = _recording_reference(net_g, net_d, opt_g, opt_d)
     g_layout = conversion.generator_layout(config)
@@ -342,7 +342,7 @@ def test_training_steps_match_in_float64(arch, seed):
             assert_close(metrics[key], reference[key], 1e-9)
         _compare_states(state, *nets, 1e-7)
 
-    with jax.enable_x64(True):
+    with parity.float64_enabled():
         state = _train_both(arch, seed, np.float64, 10, check)
         assert state.generator.params["UpConv_0"]["kernel"].dtype == jnp.float64
 

@@ -32,6 +32,25 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     _assert_states_equal(resumed, uninterrupted)
 
 
+def _event_tags(workdir) -> dict[str, set[str]]:
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tags = {"scalars_and_images": set(), "hparams": set()}
+    for name in os.listdir(workdir):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        for event in tf.compat.v1.train.summary_iterator(str(workdir / name)):
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data
+                if plugin.plugin_name == "hparams":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+                    tags["hparams"] |= set(data.session_start_info.hparams)
+                else:
+                    tags["scalars_and_images"].add(value.tag)
+    return tags
+
+
 def test_workdir_outputs(tmp_path):
     workdir = tmp_path / "run"
     config = tiny_config(num_train_steps=4, max_checkpoints=1)
@@ -40,7 +59,11 @@ def test_workdir_outputs(tmp_path):
     # max_checkpoints=1 keeps only the last.
     assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
-    loaded_config, loaded = checkpointing.load_latest(str(workdir))
+    # TensorBoard: the losses at each log line, the grids, and the config as hparams.
+    tags = _event_tags(workdir)
+    assert {"d_loss", "g_loss", "samples"} <= tags["scalars_and_images"], tags
+    assert {"batch_size", "learning_rate", "dataset"} <= tags["hparams"], tags
+    loaded_config, loaded = checkpointing.load_checkpoint(str(workdir))
     assert loaded_config.to_dict() == config.to_dict()
     _assert_states_equal(loaded, state)
 
