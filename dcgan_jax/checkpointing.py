@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dcgan_jax import default_config
+from dcgan_jax import default_config, report
 from dcgan_jax.validation import UserError, describe_error, effective_epoch_order
 
 ITEMS = ("state", "config", "integrity")
@@ -298,10 +298,7 @@ def restore_newest_usable(manager: ocp.CheckpointManager, config, template, work
         if jax.process_index() == 0:  # one process moves; all see the result after the sync
             for bad_step, error in problems:
                 moved = _move_aside(manager, bad_step, workdir)
-                print(
-                    f"warning: checkpoint {bad_step} is damaged; moved to {moved} ({error}).",
-                    flush=True,
-                )
+                report.warning(f"checkpoint {bad_step} is damaged; moved to {moved} ({error}).")
         if problems:
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils

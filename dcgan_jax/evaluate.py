@@ -22,7 +22,7 @@ import urllib.request
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import checkpointing, inception, metrics, sampling
+from dcgan_jax import checkpointing, inception, metrics, report, sampling
 from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error, exit_on_user_error
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "dcgan_jax")
@@ -348,8 +348,8 @@ class TrainingEvaluator:
     they never stop training.
     """
 
-    def __init__(self, config, workdir: str, log):
-        self._config, self._workdir, self._log = config, workdir, log
+    def __init__(self, config, workdir: str):
+        self._config, self._workdir = config, workdir
         self._features = self._reference = None
         self._disabled = False
         self._best_path = os.path.join(workdir, "best_fid", "best.json")
@@ -366,7 +366,7 @@ class TrainingEvaluator:
             try:
                 self._features, self._reference = features_and_reference(config)
             except UserError as e:
-                self._log(f"warning: evaluation is off for this run: {e}")
+                report.warning(f"evaluation is off for this run: {e}")
                 self._disabled = True
                 return None
         results, _ = evaluate_and_record(
@@ -376,7 +376,7 @@ class TrainingEvaluator:
             self.best_fid = results["fid"]
             self._save_best(state, results)
             results["new_best"] = True
-        self._log(format_results(results) + (" (best so far)" if results.get("new_best") else ""))
+        report.info(format_results(results) + (" (best so far)" if results.get("new_best") else ""))
         return results
 
     def _save_best(self, state, results: dict) -> None:

@@ -11,8 +11,7 @@ import sys
 import threading
 import time
 
-from absl import logging
-
+from dcgan_jax import report
 from dcgan_jax.validation import UserError
 
 LOCK_FILE = ".lock"
@@ -34,7 +33,7 @@ class WorkdirLock:
         try:
             import fcntl
         except ImportError:  # Windows: no flock
-            logging.warning("No file locking on this platform; %s is not locked.", self.path)
+            report.warning(f"no file locking on this platform; {self.path} is not locked.")
             return self
         handle = open(self.path, "a+")  # held open (and locked) for the whole run
         try:
@@ -49,7 +48,7 @@ class WorkdirLock:
                     f"run ({holder}). Fix: wait for that run to finish, or pass another "
                     "--workdir."
                 ) from e
-            logging.warning("Cannot lock %s (%s); running without a lock.", self.path, e)
+            report.warning(f"cannot lock {self.path} ({e}); running without a lock.")
             return self
         handle.seek(0)
         handle.truncate()

@@ -25,8 +25,9 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import app, flags
 
+from dcgan_jax import report
 from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error, effective_epoch_order
 
 # TensorFlow only feeds the input pipeline; it must leave accelerator memory to JAX.
@@ -174,14 +175,12 @@ def _readable_folder_files(directory: str) -> list[str]:
         f"(checked in {time.perf_counter() - started:.1f} s)"
     )
     if skipped:
-        logging.warning(
-            "%s; skipped %d unreadable or truncated file(s), e.g. %s",
-            message,
-            skipped,
-            sorted(set(paths) - set(good))[:3],
+        report.warning(
+            f"{message}; skipped {skipped} unreadable or truncated file(s), e.g. "
+            f"{sorted(set(paths) - set(good))[:3]}"
         )
     else:
-        logging.info("%s.", message)
+        report.info(f"{message}.")
     return good
 
 
@@ -313,11 +312,9 @@ def batched_stream(
     else:
         images = source.images.cache() if cache else source.images
         if offset and not cache:
-            logging.info(
-                "Resuming inside epoch %d: reading past its first %d examples (they are "
-                "decoded to be skipped; TFDS datasets have no random access).",
-                first_epoch,
-                offset,
+            report.info(
+                f"Resuming inside epoch {first_epoch}: reading past its first {offset:,} "
+                "examples (decoded to be skipped: TFDS datasets have no random access)."
             )
 
         def window_shuffled(index):
@@ -396,17 +393,15 @@ def _decide_cache(config, num_examples: int, process_index: int) -> bool:
     cache = size_gib < limit
     if process_index == 0:
         if cache:
-            print(
+            report.info(
                 f"Caching the {num_examples:,} decoded images in memory ({size_gib:.2f} GiB "
-                f"< cache_limit_gib={limit:g}): later epochs skip decoding.",
-                flush=True,
+                f"< cache_limit_gib={limit:g}): later epochs skip decoding."
             )
         else:
-            print(
+            report.info(
                 f"Not caching the {num_examples:,} decoded images ({size_gib:.2f} GiB >= "
                 f"cache_limit_gib={limit:g}): every epoch decodes them again. With the memory "
-                f"to spare, --config.cache_limit_gib={math.ceil(size_gib + 1)} caches them.",
-                flush=True,
+                f"to spare, --config.cache_limit_gib={math.ceil(size_gib + 1)} caches them."
             )
     return cache
 

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import checkpointing, distributed, guards, models, sampling, steps
+from dcgan_jax import checkpointing, distributed, guards, models, report, sampling, steps
 from dcgan_jax.state import GANState, create_state
 from dcgan_jax.validation import (
     UserError,
@@ -224,12 +224,6 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def log(message: str) -> None:
-    """Prints on process 0 only (every process runs the same loop)."""
-    if is_primary():
-        print(message, flush=True)
-
-
 def is_time(step: int, every: int, last_step: int) -> bool:
     """Whether a periodic action (logging, samples, evaluation, checkpoints) runs after
     `step`: every `every` steps, and always after the last one."""
@@ -285,9 +279,9 @@ def _resume_and_train(config, workdir: str, devices, on_samples) -> GANState:
             )
         if start_step is None:
             start_step, state = 0, fresh
-            log(f"No checkpoint in {manager.directory}; starting from step 0.")
+            report.info(f"No checkpoint in {manager.directory}; starting from step 0.")
         else:
-            log(f"Resumed from checkpoint at step {start_step} ({manager.directory}).")
+            report.info(f"Resumed from checkpoint at step {start_step} ({manager.directory}).")
             state = state.with_ema_decay(config.ema_decay)  # ema_decay may change on resume
         dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
         writer = make_writer(workdir, config)
@@ -333,10 +327,10 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
         if jax.process_count() == 1:
             from dcgan_jax import evaluate
 
-            evaluator = evaluate.TrainingEvaluator(config, workdir, log)
+            evaluator = evaluate.TrainingEvaluator(config, workdir)
         else:
-            log(
-                "warning: evaluation during multi-process training is not supported; run "
+            report.warning(
+                "evaluation during multi-process training is not supported; run "
                 "python -m dcgan_jax.evaluate on the workdir instead."
             )
 
@@ -349,7 +343,7 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
         step += 1
         if step == start_step + 1:
             jax.block_until_ready(metrics)
-            log(
+            report.info(
                 f"First step (compilation included) took "
                 f"{time.perf_counter() - window_start:.1f} s."
             )
@@ -364,7 +358,7 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
             check_finite_metrics(summary, step, last_saved)
             elapsed = time.perf_counter() - window_start
             images_per_s = window_steps * config.batch_size / elapsed if window_steps else None
-            log(
+            report.info(
                 progress_line(
                     step, config.num_train_steps, summary, images_per_s, config.batch_size
                 )
