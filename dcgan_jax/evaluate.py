@@ -381,12 +381,9 @@ class TrainingEvaluator:
 
     def _save_best(self, state, results: dict) -> None:
         best_dir = os.path.dirname(self._best_path)
-        manager = checkpointing.make_manager(best_dir, max_to_keep=1)
-        try:
+        with checkpointing.make_manager(best_dir, max_to_keep=1) as manager:
             checkpointing.save(manager, state, self._config)
             checkpointing.finish_writes(manager)
-        finally:
-            manager.close()
         partial = f"{self._best_path}.partial"
         with open(partial, "w") as f:
             json.dump(results, f, indent=2)
