@@ -23,7 +23,13 @@ import numpy as np
 from absl import app, flags
 
 from dcgan_jax import checkpointing, inception, metrics, report, sampling
-from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error, exit_on_user_error
+from dcgan_jax.validation import (
+    FOLDER_PREFIX,
+    SCORE_LOGITS,
+    UserError,
+    describe_error,
+    exit_on_user_error,
+)
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "dcgan_jax")
 KID_REFERENCE_FEATURES = 5_000  # reference features kept in the cache for KID
@@ -76,7 +82,7 @@ def load_features(
     weights: str = "", download: bool = True, score_logits: str = "unbiased"
 ) -> metrics.InceptionFeatures:
     """The Inception feature extractor with the FID weights; the Inception Score takes
-    `score_logits` (see metrics.SCORE_LOGITS)."""
+    `score_logits` (see validation.SCORE_LOGITS)."""
     path = fid_weights_path(weights, download)
     try:
         variables = inception.variables_from_state_dict(inception.read_torch_state_dict(path))
@@ -264,9 +270,9 @@ def run(
     if num_samples < 2:
         raise UserError("--num_samples must be at least 2 (FID needs a covariance).")
     if inception_score_logits is not None:
-        if inception_score_logits not in metrics.SCORE_LOGITS:
+        if inception_score_logits not in SCORE_LOGITS:
             raise UserError(
-                f"--inception_score_logits must be one of {', '.join(metrics.SCORE_LOGITS)}, "
+                f"--inception_score_logits must be one of {', '.join(SCORE_LOGITS)}, "
                 f"got {inception_score_logits!r}. Fix: --inception_score_logits=unbiased."
             )
         with config.unlocked():
@@ -285,14 +291,13 @@ PUBLISHED_NUM_SAMPLES = 50_000
 def format_results(results: dict) -> str:
     distance = results.get("distance", "FID")
     score = "digits Inception Score" if distance == "FDD" else "Inception Score"
-    logits = results.get("inception_score_logits", "")
-    convention = f", {results.get('inception_score_splits', 10)} splits" + (
-        f", {logits} logits" if logits in metrics.SCORE_LOGITS else ""
-    )
+    convention = [f"{results.get('inception_score_splits', 10)} splits"]
+    if results.get("inception_score_logits") in SCORE_LOGITS:
+        convention.append(f"{results['inception_score_logits']} logits")
     text = (
         f"step {results['step']}: {distance} {results['fid']:.2f} | {score} "
         f"{results['inception_score']:.2f} +- {results['inception_score_std']:.2f}"
-        f" ({convention[2:]}) | KID "
+        f" ({', '.join(convention)}) | KID "
         f"{results['kid']:.4f} +- {results['kid_std']:.4f} ({results['num_samples']} samples "
         f"vs {results['num_reference']} training images; {results.get('features', 'inception')} "
         "features)"
@@ -325,7 +330,7 @@ if __name__ == "__main__":
     flags.DEFINE_enum(
         "inception_score_logits",
         None,
-        list(metrics.SCORE_LOGITS),
+        list(SCORE_LOGITS),
         "Logits of the Inception Score: unbiased (pool3 @ W, the original code's and "
         "torch-fidelity's) or biased (with the fc bias). Default: the run's config.",
     )

@@ -28,7 +28,13 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 from dcgan_jax import report
-from dcgan_jax.validation import FOLDER_PREFIX, UserError, describe_error, effective_epoch_order
+from dcgan_jax.validation import (
+    EPOCH_ORDERS,
+    FOLDER_PREFIX,
+    UserError,
+    describe_error,
+    effective_epoch_order,
+)
 
 # TensorFlow only feeds the input pipeline; it must leave accelerator memory to JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -247,10 +253,6 @@ def source_images(
     return ImageSource(ds, num_examples, load)
 
 
-# How each epoch's order is drawn (config.epoch_order).
-EPOCH_ORDERS = ("permutation", "window")
-
-
 def batched_stream(
     source: ImageSource,
     *,
@@ -311,10 +313,11 @@ def batched_stream(
         ds = ds.batch(rows.stop - rows.start, drop_remainder=True)
     else:
         images = source.images.cache() if cache else source.images
-        if offset and not cache:
+        if offset:  # a new process's cache is empty: the skipped examples are decoded
             report.info(
                 f"Resuming inside epoch {first_epoch}: reading past its first {offset:,} "
-                "examples (decoded to be skipped: TFDS datasets have no random access)."
+                "examples (decoded to be skipped: a window-shuffled order has no random "
+                "access)."
             )
 
         def window_shuffled(index):

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from dcgan_jax import inception
+from dcgan_jax.validation import SCORE_LOGITS
 
 
 def feature_statistics(features: np.ndarray) -> dict[str, np.ndarray]:
@@ -105,11 +106,6 @@ def _inception_apply():
     """One jitted Inception for the process: feature extractors with other weights or score
     conventions reuse its compiled programs."""
     return jax.jit(inception.FIDInceptionV3().apply)
-
-
-# Which logits the Inception Score takes: "unbiased" (pool3 @ W, as the original IS code
-# and torch-fidelity's default) or "biased" (the fc layer's output, W and its bias).
-SCORE_LOGITS = ("unbiased", "biased")
 
 
 class InceptionFeatures:

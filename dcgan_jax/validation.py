@@ -13,6 +13,12 @@ from dcgan_jax import default_config
 # (`lsun/<category>` for any LSUN category); `folder:PATH` reads a folder of images.
 DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a", "lsun/<category>")
 FOLDER_PREFIX = "folder:"
+# Each epoch's order (config.epoch_order; see input_pipeline.batched_stream).
+EPOCH_ORDERS = ("permutation", "window")
+# Which logits the Inception Score takes (config.inception_score_logits): "unbiased"
+# (pool3 @ W, as the original IS code and torch-fidelity's default) or "biased" (the fc
+# layer's output, W and its bias).
+SCORE_LOGITS = ("unbiased", "biased")
 
 
 def _is_known_dataset(name) -> bool:
@@ -187,9 +193,9 @@ def _field_problem(key: str, value) -> str | None:
         return "must be 'auto', 'matmul' or 'lax'. Fix: --config.convolutions=auto"
     if key == "sample_batchnorm" and value not in ("running", "batch"):
         return "must be 'running' or 'batch'. Fix: --config.sample_batchnorm=running"
-    if key == "epoch_order" and value not in ("permutation", "window"):
+    if key == "epoch_order" and value not in EPOCH_ORDERS:
         return "must be 'permutation' or 'window'. Fix: --config.epoch_order=permutation"
-    if key == "inception_score_logits" and value not in ("unbiased", "biased"):
+    if key == "inception_score_logits" and value not in SCORE_LOGITS:
         return "must be 'unbiased' or 'biased'. Fix: --config.inception_score_logits=unbiased"
     if key == "eval_features" and value not in ("auto", "inception", "digits"):
         return "must be 'auto', 'inception' or 'digits'. Fix: --config.eval_features=auto"

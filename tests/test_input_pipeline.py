@@ -379,7 +379,7 @@ def test_resuming_skips_the_epochs_start_without_decoding_it(cache):
 
 
 def test_folders_and_digits_permute_while_tfds_keeps_its_window_and_old_runs_resume():
-    from dcgan_jax import checkpointing
+    from dcgan_jax import checkpointing, default_config
     from dcgan_jax.validation import effective_epoch_order
 
     digits, folder, tfds_config = (
@@ -394,7 +394,7 @@ def test_folders_and_digits_permute_while_tfds_keeps_its_window_and_old_runs_res
     for config in (digits, tfds_config):
         legacy = config.copy_and_resolve_references()
         del legacy["epoch_order"]
-        legacy = input_pipeline_default_upgrade(legacy)
+        legacy = default_config.upgrade_legacy_fields(legacy)
         if config is tfds_config:
             checkpointing.check_compatible(legacy, config, "ckpts")
         else:
@@ -402,9 +402,3 @@ def test_folders_and_digits_permute_while_tfds_keeps_its_window_and_old_runs_res
                 checkpointing.check_compatible(legacy, config, "ckpts")
             config.epoch_order = "window"
             checkpointing.check_compatible(legacy, config, "ckpts")
-
-
-def input_pipeline_default_upgrade(config):
-    from dcgan_jax import default_config
-
-    return default_config.upgrade_legacy_fields(config)
