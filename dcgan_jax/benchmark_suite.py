@@ -6,7 +6,8 @@
 2. parity with the PyTorch reference on the device: forward passes and one training step
    from the same weights, for both convolution formulations, with TF32 off on both sides
    ("highest") and, for CIFAR-10, at each framework's default precision (TF32 on Ampere and
-   later GPUs);
+   later GPUs); and each half-step of that step from identical inputs, both sides'
+   gradients against float64 (parity.half_step_errors: the CPU tests' bound);
 3. speed: configs/cifar.py and configs/celeba.py at batch 64 and 256, fp32 and bf16; JAX
    with each convolution formulation ("matmul" and XLA's native "lax" convolutions) against
    PyTorch eager and (on CUDA, or with --torch_compile) torch.compile: images/s, step ms,
@@ -71,21 +72,25 @@ def format_tables(results: dict) -> str:
         f"Versions: {versions}",
         "",
         "| parity: config | convolutions | precision | G fwd | D fwd | metrics | gradients "
-        "| params (lr) | fwd <= 1e-5 | grads <= 1e-4 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| params (lr) | fwd <= 1e-5 | grads <= 1e-4 | half-step vs float64: JAX / PyTorch "
+        "| within the tests' bound | kink distance |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["parity"]:
         if "error" in row:
             lines.append(
                 f"| {row['config']} | {row['convolutions']} | {row['precision']} "
-                f"| error: {row['error']} |||||||"
+                f"| error: {row['error']} ||||||||||"
             )
             continue
+        half = row["half_step"]
         lines.append(
             f"| {row['config']} | {row['convolutions']} | {row['precision']} "
             f"| {row['forward_g']:.1e} | {row['forward_d']:.1e} | {row['metrics']:.1e} "
             f"| {row['gradients']:.1e} | {row['params_in_lr']:.2g} "
-            f"| {row['forward_holds_1e-5']} | {row['gradients_hold_1e-4']} |"
+            f"| {row['forward_holds_1e-5']} | {row['gradients_hold_1e-4']} "
+            f"| {half['worst_jax']:.1e} / {half['worst_torch']:.1e} "
+            f"| {half['holds'] or ', '.join(half['over_bound'])} | {half['kink_distance']:.1e} |"
         )
     lines += [
         "",
@@ -205,6 +210,7 @@ def run_suite(
                 configs[name], batch_size=max(2, 32 // (16 if tiny else 1))
             )
             row.update(parity.measure(config, conv, precision))
+            row["half_step"] = parity.half_step_errors(config, conv, precision)
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             traceback.print_exc()
@@ -215,10 +221,20 @@ def run_suite(
             + ", ".join(
                 f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in row.items()
-                if k not in ("config", "convolutions", "precision")
+                if k not in ("config", "convolutions", "precision", "half_step")
             ),
             flush=True,
         )
+        if "half_step" in row:
+            half = row["half_step"]
+            worst = sorted(half["jax"].items(), key=lambda kv: -kv[1])[:3]
+            print(
+                f"  half-steps vs float64: JAX {half['worst_jax']:.1e}, PyTorch "
+                f"{half['worst_torch']:.1e}; within the tests' bound: {half['holds']} "
+                f"{half['over_bound']}; kink distance {half['kink_distance']:.1e}; JAX's worst: "
+                + ", ".join(f"{k} {v:.1e}" for k, v in worst),
+                flush=True,
+            )
         _write(out_dir, results)
 
     if diagnose:

@@ -289,3 +289,195 @@ def float64_gradient_errors(
             torch_errors[f"{prefix}.{name}"] = _l2_rel(moment, truth[f"{prefix}.{name}"])
     errors["torch highest"] = torch_errors
     return errors
+
+
+# Each half-step from identical inputs. A whole float32 step cannot be compared tensor by
+# tensor with a bound that follows from the arithmetic: G's gradients are taken through
+# the D that the step has just updated, and Adam's first update moves every weight by
+# about +-lr whatever its gradient's size, so a D gradient within rounding of zero can
+# move the two sides' D apart by 2 lr and G's gradients by far more than rounding. So D's
+# half-step starts from the reference's D, real batch and fake batch, and G's from the
+# reference's G and the reference's *updated* D; each side's gradients are then compared
+# with the same half-step in float64.
+d_half_step = jax.jit(steps.d_step)
+
+
+@jax.jit
+def g_half_step(g_state, d_state, z):
+    """G's half-step (`steps.g_step` after `steps.generate`) through a given D."""
+    fake, pullback, g_batch_stats = steps.generate(g_state, z)
+    return steps.g_step(g_state, g_batch_stats, d_state, fake, pullback)
+
+
+def recording_reference(net_g, net_d, opt_g, opt_d) -> dict:
+    """Makes the reference's step leave its intermediate results in the returned dict:
+    "fake" (the fake batch, NHWC), "d_grads" and "g_grads" (each network's gradients as
+    its optimiser saw them) and "d_after" / "g_after" (each state dict right after its own
+    update; D's before G's step runs it a third time). On any device; copies on the host."""
+    records = {}
+    net_g.register_forward_hook(
+        lambda module, inputs, out: records.__setitem__(
+            "fake", out.detach().cpu().numpy().transpose(0, 2, 3, 1).copy()
+        )
+    )
+    for name, opt, net in (("g", opt_g, net_g), ("d", opt_d, net_d)):
+        original = opt.step
+
+        def step(*args, _name=name, _net=net, _original=original, **kwargs):
+            records[f"{_name}_grads"] = {
+                k: p.grad.detach().cpu().numpy().copy() for k, p in _net.named_parameters()
+            }
+            out = _original(*args, **kwargs)
+            records[f"{_name}_after"] = _numpy_state_dict(_net)
+            return out
+
+        opt.step = step
+    return records
+
+
+def first_update_gradients(train_state, layout, beta1: float) -> dict[str, np.ndarray]:
+    """The gradient of a state's first Adam update, by the reference's names: with fresh
+    moments Adam's first moment is (1 - beta1) x gradient."""
+    moments = _torch_named(train_state.opt_state[0].mu, train_state, layout)
+    return {k: v / (1 - beta1) for k, v in moments.items()}
+
+
+def float64_template(config):
+    """A fresh float64 GAN state for `config`'s models (load weights with
+    conversion.load_into_state); call inside `float64_enabled()`."""
+    g, d = models.make_models(config)
+    state = create_state(config, g.clone(dtype=jnp.float64), d.clone(dtype=jnp.float64))
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+    )
+
+
+def exact_half_step_gradients(fresh64, config, before_g, before_d, records, real, z):
+    """D's and G's gradients of the two half-steps from the inputs that `records` (from
+    `recording_reference`) and the state dicts before the step give, in float64 on the
+    host CPU (which agrees with PyTorch's float64 to 1e-7, tests/test_torch_parity.py)."""
+    as64 = lambda sd: {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in sd.items()}
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        state = conversion.load_into_state(fresh64, as64(before_g), as64(before_d), config)
+        updated = conversion.load_into_state(
+            fresh64, as64(before_g), as64(records["d_after"]), config
+        )
+        d_state, _ = d_half_step(
+            state.discriminator,
+            np.asarray(real, np.float64),
+            records["fake"].astype(np.float64),
+        )
+        g_state, _, _ = g_half_step(
+            state.generator, updated.discriminator, np.asarray(z, np.float64)
+        )
+        return (
+            first_update_gradients(d_state, conversion.discriminator_layout(config), config.beta1),
+            first_update_gradients(g_state, conversion.generator_layout(config), config.beta1),
+        )
+
+
+def gradient_error_bounds(grads, ref_grads, exact_grads) -> dict[str, tuple[float, float, float]]:
+    """For each tensor: (our L2 error, the reference's L2 error, the bound on ours), both
+    errors against the float64 gradients of the same half-step.
+
+    The bound: 1e-4 of the tensor's norm (rounding of sums of a few thousand terms), or 10x
+    the reference's own float32 error, or 1e-6 of the whole network's gradient norm: the
+    last two for sums that cancel (BatchNorm scales and biases, the head's bias: their
+    gradients nearly cancel by symmetry), whose rounding follows the size of the terms, not
+    of the result (PyTorch's CPU BatchNorm accumulates in float64, so its own error there
+    can be far below float32's)."""
+    network_norm = np.sqrt(
+        sum(np.sum(np.square(exact_grads[k], dtype=np.float64)) for k in ref_grads)
+    )
+    bounds = {}
+    for key, value in ref_grads.items():
+        exact = np.asarray(exact_grads[key], np.float64)
+        our_error = np.linalg.norm(np.asarray(grads[key], np.float64) - exact)
+        their_error = np.linalg.norm(np.asarray(value, np.float64) - exact)
+        bound = max(1e-4 * np.linalg.norm(exact), 10 * their_error, 1e-6 * network_norm)
+        bounds[key] = (float(our_error), float(their_error), float(bound))
+    return bounds
+
+
+def half_step_errors(config, convolutions: str, precision: str = "highest", seed: int = 0) -> dict:
+    """Each half-step of one float32 training step from identical inputs, JAX on its
+    default device and the reference on CUDA (or CPU), both against float64.
+
+    Returns `jax` and `torch`: per-tensor relative L2 errors of the gradients ("D.<name>",
+    "G.<name>"); `worst_jax`, `worst_torch` (their largest); `holds`: whether every JAX
+    error is within `gradient_error_bounds` (what the CPU tests assert) and `over_bound`
+    (the tensors that are not); `kink_distance` of the passes (see KINK_MARGIN: below it a
+    near-zero activation input may fall on either side of its kink, and a gradient may
+    then differ legitimately).
+    """
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = default_config.with_overrides(config, convolutions=convolutions, half_precision=False)
+    net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
+    net_g, net_d = net_g.to(device), net_d.to(device)
+    opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
+    before_g, before_d = _numpy_state_dict(net_g), _numpy_state_dict(net_d)
+    generator, discriminator = models.make_models(config)
+    fresh = create_state(config, generator, discriminator)
+    state = conversion.load_into_state(fresh, before_g, before_d, config)
+    rng = np.random.default_rng(seed)
+    size = config.image_size
+    real = rng.uniform(-1, 1, (config.batch_size, size, size, config.channels)).astype(np.float32)
+    z = rng.standard_normal((config.batch_size, config.z_dim)).astype(np.float32)
+    records = recording_reference(net_g, net_d, opt_g, opt_d)
+    with matmul_precision(torch, precision):
+        torch_reference.train_step(
+            net_g,
+            net_d,
+            opt_g,
+            opt_d,
+            torch.from_numpy(np.ascontiguousarray(real.transpose(0, 3, 1, 2))).to(device),
+            torch.from_numpy(z).to(device),
+        )
+        updated = conversion.load_into_state(fresh, before_g, records["d_after"], config)
+        d_state, _ = d_half_step(state.discriminator, real, records["fake"])
+        g_state, _, _ = g_half_step(state.generator, updated.discriminator, z)
+    # The truth with the matmul formulation whatever the side's: the same function, and
+    # XLA:CPU's native float64 convolutions are slow at full size.
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        fresh64 = float64_template(default_config.with_overrides(config, convolutions="matmul"))
+    exact_d, exact_g = exact_half_step_gradients(
+        fresh64, config, before_g, before_d, records, real, z
+    )
+    results = {"jax": {}, "torch": {}, "over_bound": []}
+    for prefix, ours, theirs, exact in (
+        (
+            "D",
+            first_update_gradients(d_state, conversion.discriminator_layout(config), config.beta1),
+            records["d_grads"],
+            exact_d,
+        ),
+        (
+            "G",
+            first_update_gradients(g_state, conversion.generator_layout(config), config.beta1),
+            records["g_grads"],
+            exact_g,
+        ),
+    ):
+        for key, (ours_err, theirs_err, bound) in gradient_error_bounds(
+            ours, theirs, exact
+        ).items():
+            norm = max(float(np.linalg.norm(np.asarray(exact[key], np.float64))), 1e-30)
+            results["jax"][f"{prefix}.{key}"] = ours_err / norm
+            results["torch"][f"{prefix}.{key}"] = theirs_err / norm
+            if ours_err > bound:
+                results["over_bound"].append(f"{prefix}.{key}")
+    results["worst_jax"] = max(results["jax"].values())
+    results["worst_torch"] = max(results["torch"].values())
+    results["holds"] = not results["over_bound"]
+    results["kink_distance"] = min(
+        kink_distance(*p)
+        for p in (
+            (state.generator, z),
+            (state.discriminator, real),
+            (state.discriminator, records["fake"]),
+            (updated.discriminator, records["fake"]),
+        )
+    )
+    return results

@@ -145,68 +145,24 @@ def _train_both(arch, seed, dtype, num_steps, check):
     return state
 
 
-def _recording_reference(net_g, net_d, opt_g, opt_d):
-    """Makes the reference step leave its intermediate results in the returned dict: the
-    fake batch, each network's gradients as its optimiser saw them, and D's state right
-    after its own update (before G's step runs D a third time)."""
-    records = {}
-    net_g.register_forward_hook(
-        lambda module, inputs, out: records.__setitem__(
-            "fake", out.detach().numpy().transpose(0, 2, 3, 1).copy()
-        )
-    )
-    for name, opt, net in (("g", opt_g, net_g), ("d", opt_d, net_d)):
-        original = opt.step
-
-        def step(*args, _name=name, _net=net, _original=original, **kwargs):
-            records[f"{_name}_grads"] = {
-                k: p.grad.detach().numpy().copy() for k, p in _net.named_parameters()
-            }
-            out = _original(*args, **kwargs)
-            records[f"{_name}_after"] = _state_dict_numpy(_net)
-            return out
-
-        opt.step = step
-    return records
-
-
-def _jax_gradients(train_state, layout, beta1):
-    """The gradient of the state's first Adam update, by name: with fresh moments Adam's
-    first moment is (1 - beta1) x gradient."""
-    mu = jax.device_get(train_state.opt_state[0].mu)
-    moments = conversion.flax_to_torch(
-        {"params": mu, "batch_stats": train_state.batch_stats}, layout
-    )
-    return {k: v / (1 - beta1) for k, v in moments.items()}
-
-
 def _check_half_step(ours, reference, grads, ref_grads, exact_grads, lr, what="", fresh=False):
     """One network after one half-step from identical inputs.
 
     Gradients: against the exact (float64) gradient of the same half-step, each tensor's
-    float32 error (L2) is at most 1e-4 of its norm (rounding of sums of a few thousand
-    terms), or 10x the reference's own float32 error, or 1e-6 of the whole network's
-    gradient norm: the last two for sums that cancel (BatchNorm scales and biases, the
-    head's bias: their gradients nearly cancel by symmetry), whose rounding follows the
-    size of the terms, not of the result (PyTorch's CPU BatchNorm accumulates in float64,
-    so its own error there can be far below float32's). Running statistics and step counts
-    as the reference. With `fresh` (the first step, both optimisers without history),
-    parameters within 2 lr: from fresh moments Adam moves each parameter by
-    lr x g / (|g| + eps), so rounding can at most flip a near-zero gradient's sign. (Later
-    the reference's Adam has history and JAX's starts afresh, so parameters are compared
-    through the gradients only.)"""
+    float32 error within parity.gradient_error_bounds (1e-4 of its norm, or 10x the
+    reference's own float32 error, or 1e-6 of the network's gradient norm: see there why).
+    Running statistics and step counts as the reference. With `fresh` (the first step, both
+    optimisers without history), parameters within 2 lr: from fresh moments Adam moves each
+    parameter by lr x g / (|g| + eps), so rounding can at most flip a near-zero gradient's
+    sign. (Later the reference's Adam has history and JAX's starts afresh, so parameters
+    are compared through the gradients only.)"""
     assert ours.keys() == reference.keys()
-    network_norm = np.sqrt(
-        sum(np.sum(np.square(exact_grads[k], dtype=np.float64)) for k in ref_grads)
-    )
-    for key, value in ref_grads.items():
-        exact = np.asarray(exact_grads[key], np.float64)
-        our_error = np.linalg.norm(np.asarray(grads[key], np.float64) - exact)
-        their_error = np.linalg.norm(np.asarray(value, np.float64) - exact)
-        bound = max(1e-4 * np.linalg.norm(exact), 10 * their_error, 1e-6 * network_norm)
+    bounds = parity.gradient_error_bounds(grads, ref_grads, exact_grads)
+    for key, (our_error, their_error, bound) in bounds.items():
         assert our_error <= bound, (
             f"gradient of {key} ({what}): error {our_error:.3g} against float64 > {bound:.3g} "
-            f"(the reference's error: {their_error:.3g}, norm {np.linalg.norm(exact):.3g})"
+            f"(the reference's error: {their_error:.3g}, "
+            f"norm {np.linalg.norm(exact_grads[key]):.3g})"
         )
         if fresh:
             np.testing.assert_allclose(
@@ -219,35 +175,8 @@ def _check_half_step(ours, reference, grads, ref_grads, exact_grads, lr, what=""
             assert_close(ours[key], value, 1e-4, key)
 
 
-def _exact_gradients(fresh64, config, before_g, before_d, records, real, z, beta1):
-    """D's and G's gradients of the step's two half-steps, from the same inputs as the
-    float32 comparison, computed in float64 (which agrees with PyTorch's float64 to 1e-7,
-    test_training_steps_match_in_float64)."""
-    as64 = lambda sd: {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in sd.items()}
-    with parity.float64_enabled():
-        state = conversion.load_into_state(fresh64, as64(before_g), as64(before_d), config)
-        updated = conversion.load_into_state(
-            fresh64, as64(before_g), as64(records["d_after"]), config
-        )
-        d_state, _ = _d_step(
-            state.discriminator, real.astype(np.float64), records["fake"].astype(np.float64)
-        )
-        g_state, _, _ = _g_half_step(state.generator, updated.discriminator, z.astype(np.float64))
-        return (
-            _jax_gradients(d_state, conversion.discriminator_layout(config), beta1),
-            _jax_gradients(g_state, conversion.generator_layout(config), beta1),
-        )
-
-
 # Module-level, so that repeated runs (DCGAN_TEST_REPEAT) reuse the compiled programs.
-_d_step = jax.jit(steps.d_step)
 _generate_train = jax.jit(lambda g_state, z: steps.generate(g_state, z)[0])
-
-
-@jax.jit
-def _g_half_step(g_state, d_state, z):
-    fake, pullback, g_batch_stats = steps.generate(g_state, z)
-    return steps.g_step(g_state, g_batch_stats, d_state, fake, pullback)
 
 
 # Float32 training runs of the same math drift apart: Adam divides each gradient by its
@@ -265,7 +194,7 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
     config, fresh, (net_g, net_d, opt_g, opt_d), real, z = _setup(arch, seed)
     with parity.float64_enabled():
         fresh64 = _setup(arch, seed, np.float64)[1]  # the float64 template of the state
-    records = _recording_reference(net_g, net_d, opt_g, opt_d)
+    records = parity.recording_reference(net_g, net_d, opt_g, opt_d)
     g_layout = conversion.generator_layout(config)
     d_layout = conversion.discriminator_layout(config)
     lr, beta1 = config.learning_rate, config.beta1
@@ -304,23 +233,25 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
         else:
             pytest.fail(f"step {i}: 200 draws in a row had an activation input near a kink")
         # D's half-step: the reference's D, real batch and fake batch.
-        d_state, d_metrics = _d_step(state.discriminator, real, records["fake"])
+        d_state, d_metrics = parity.d_half_step(state.discriminator, real, records["fake"])
         ours = conversion.flax_to_torch(
             {"params": d_state.params, "batch_stats": d_state.batch_stats}, d_layout
         )
-        grads = _jax_gradients(d_state, d_layout, beta1)
-        exact_d, exact_g = _exact_gradients(
-            fresh64, config, before_g, before_d, records, real, z, beta1
+        grads = parity.first_update_gradients(d_state, d_layout, beta1)
+        exact_d, exact_g = parity.exact_half_step_gradients(
+            fresh64, config, before_g, before_d, records, real, z
         )
         _check_half_step(
             ours, records["d_after"], grads, records["d_grads"], exact_d, lr, f"D, step {i}", i == 0
         )
         # G's half-step: the reference's G and its updated D, the same noise.
-        g_state, d_state, g_metrics = _g_half_step(state.generator, updated_d.discriminator, z)
+        g_state, d_state, g_metrics = parity.g_half_step(
+            state.generator, updated_d.discriminator, z
+        )
         ours = conversion.flax_to_torch(
             {"params": g_state.params, "batch_stats": g_state.batch_stats}, g_layout
         )
-        grads = _jax_gradients(g_state, g_layout, beta1)
+        grads = parity.first_update_gradients(g_state, g_layout, beta1)
         _check_half_step(
             ours, records["g_after"], grads, records["g_grads"], exact_g, lr, f"G, step {i}", i == 0
         )
