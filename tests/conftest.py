@@ -1,28 +1,11 @@
 """Test setup: two fake CPU devices, so the pmap code paths run on any machine."""
 
-import importlib.metadata
 import os
 import tempfile
 
-
-def _accurate_cpu_flags() -> str:
-    """XLA:CPU's YNN (XNNPACK) fusions, on by default in jaxlib 0.10, compute some float32
-    products at reduced precision on CPUs with AVX-512 BF16, whatever precision is asked
-    for: the full-size CIFAR model's gradients then differ from float64 by up to 2e-2
-    (1e-6 without them, as PyTorch). The parity tests check the arithmetic, so they run
-    without them (where the flag exists: XLA refuses unknown flags)."""
-    try:
-        version = importlib.metadata.version("jaxlib")
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-    return " --xla_cpu_experimental_ynn_fusion_type=" if version.startswith("0.10.") else ""
-
-
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=2"
-    + _accurate_cpu_flags()
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -33,10 +16,11 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import jax  # noqa: E402 (after XLA_FLAGS)
-import pytest  # noqa: E402
+# Only now, with the environment above in place.
+import jax
+import pytest
 
-from dcgan_jax import default_config  # noqa: E402
+from dcgan_jax import default_config
 
 NUM_DEVICES = 2
 
@@ -120,4 +104,6 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session", autouse=True)
 def _check_devices():
-    assert jax.local_device_count() == NUM_DEVICES, "XLA_FLAGS was set after jax was imported"
+    # The CPU's devices, not the default backend's: the parity tests also run with a GPU as
+    # the default device (JAX_PLATFORMS=cuda,cpu; README, "Parity on the GPU").
+    assert len(jax.devices("cpu")) == NUM_DEVICES, "XLA_FLAGS was set after jax was imported"
