@@ -265,8 +265,8 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     config = tiny_config(
         num_train_steps=4,
         eval_every_steps=2,
-        eval_num_samples=24,
-        fid_reference_samples=40,
+        eval_num_samples=10,
+        fid_reference_samples=10,
         fid_weights=weight_file,
         fid_stats_dir=str(stats_dir),
         eval_features="inception",
@@ -286,7 +286,7 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     assert int(best_state.step) == best["step"]
     (cached,) = os.listdir(stats_dir)
     with np.load(stats_dir / cached) as stats:
-        assert int(stats["n"]) == 40 and stats["sigma"].shape == (2048, 2048)
+        assert int(stats["n"]) == 10 and stats["sigma"].shape == (2048, 2048)
 
     # The CLI gives the same numbers for step 4 (same seed, same cached reference).
     result = subprocess.run(
@@ -297,7 +297,7 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
             "--workdir",
             str(workdir),
             "--num_samples",
-            "24",
+            "10",
             "--fid_weights",
             weight_file,
         ],
@@ -317,14 +317,14 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     assert again["inception_score_splits"] == during["inception_score_splits"] == 10
     assert again["inception_score_logits"] == during["inception_score_logits"] == "unbiased"
     assert "10 splits, unbiased logits" in result.stdout
-    assert "published FIDs use 50,000" in result.stdout  # 24 samples are not comparable
+    assert "published FIDs use 50,000" in result.stdout  # 10 samples are not comparable
 
     # "biased" takes the fc layer's output: the same pool3, logits larger by the fc bias.
     # (Same batch shape as the evaluation above: the compiled Inception is reused.)
     unbiased = evaluate.load_features(weight_file)
     biased = evaluate.load_features(weight_file, score_logits="biased")
     assert unbiased.fingerprint == biased.fingerprint and unbiased.fingerprint in cached
-    images = np.random.default_rng(3).uniform(-1, 1, (24, 16, 16, 1)).astype(np.float32)
+    images = np.random.default_rng(3).uniform(-1, 1, (10, 16, 16, 1)).astype(np.float32)
     (pool_u, logits_u), (pool_b, logits_b) = unbiased(images), biased(images)
     np.testing.assert_array_equal(pool_u, pool_b)
     bias = inception.random_variables(seed=5)["params"]["fc"]["bias"]

@@ -317,12 +317,20 @@ def test_parity_module_measures_agreement_on_this_device(convolutions, seed):
     config = tiny_config(**ARCHITECTURES["cifar"], z_dim=16, batch_size=8)
     for attempt in range(30):  # seeds whose step keeps clear of the ReLU kinks
         result = parity.measure(config, convolutions, "highest", seed=seed + attempt)
-        if result["kink_distance"] > parity.KINK_MARGIN:
+        if result["kink_distance"] <= parity.KINK_MARGIN:
+            continue
+        half = parity.half_step_errors(config, convolutions, "highest", seed=seed + attempt)
+        if half["kink_distance"] > parity.KINK_MARGIN:
             break
     else:
         pytest.fail("30 seeds in a row had an activation input near a kink")
     assert result["forward_holds_1e-5"] and result["gradients_hold_1e-4"], (seed, result)
     assert result["metrics"] < 1e-4, (seed, result)
+    # Each half-step from identical inputs, both sides against float64: every tensor of G
+    # (10) and D (9), JAX within the CPU tests' bound.
+    assert len(half["jax"]) == len(half["torch"]) == 19
+    assert half["holds"] and not half["over_bound"], (seed + attempt, half)
+    assert half["worst_jax"] < 1e-4 and half["worst_torch"] < 1e-4, (seed + attempt, half)
 
 
 def test_float64_gradient_errors_are_float32_rounding_on_the_cpu():
