@@ -233,38 +233,43 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def gemm_gflop_per_s(size: int = 2048, repeats: int = 5, torch_side: bool = True) -> dict:
+def gemm_gflop_per_s(
+    size: int = 2048, repeats: int = 5, torch_side: bool = True, min_window_s: float = 0.05
+) -> dict:
     """Each framework's float32 matrix-product rate on this machine: a (size x size) square
-    product, median of `repeats` (after a warm-up), in GFLOP/s. The ceiling a step made of
-    matrix products could approach."""
+    product, in GFLOP/s, the median of `repeats` windows (after a warm-up) of as many
+    back-to-back products as fill `min_window_s`: on a GPU one product takes a fraction of
+    a millisecond, less than dispatching it and waiting for it, so single products would
+    time the host. The ceiling a step made of matrix products could approach."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
     flop = 2.0 * size**3
 
-    def rate(run) -> float:
-        run()
-        times = []
-        for _ in range(repeats):
+    def rate(product, wait) -> float:
+        def window(count: int) -> float:
             start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return flop / statistics.median(times) / 1e9
+            for _ in range(count):
+                out = product()
+            wait(out)
+            return time.perf_counter() - start
+
+        window(1)  # compilation, autotuning, first allocations
+        count = 1
+        while window(count) < min_window_s and count < 1 << 16:
+            count *= 2
+        times = [window(count) for _ in range(repeats)]
+        return flop * count / statistics.median(times) / 1e9
 
     product = jax.jit(jnp.matmul)
     a_jax, b_jax = jax.device_put(a), jax.device_put(b)
-    rates = {"jax": rate(lambda: product(a_jax, b_jax).block_until_ready())}
+    rates = {"jax": rate(lambda: product(a_jax, b_jax), jax.block_until_ready)}
     if torch_side:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         a_t, b_t = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-        def torch_product():
-            torch.mm(a_t, b_t)
-            sync()
-
-        rates["torch"] = rate(torch_product)
+        rates["torch"] = rate(lambda: torch.mm(a_t, b_t), lambda out: sync())
     return rates
 
 
