@@ -77,20 +77,25 @@ def format_tables(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["parity"]:
-        if "error" in row:
-            lines.append(
-                f"| {row['config']} | {row['convolutions']} | {row['precision']} "
-                f"| error: {row['error']} ||||||||||"
+        if "error" in row:  # measure's 7 columns
+            whole = f"error: {row['error']} ||||||"
+        else:
+            whole = (
+                f"{row['forward_g']:.1e} | {row['forward_d']:.1e} | {row['metrics']:.1e} "
+                f"| {row['gradients']:.1e} | {row['params_in_lr']:.2g} "
+                f"| {row['forward_holds_1e-5']} | {row['gradients_hold_1e-4']}"
             )
-            continue
-        half = row["half_step"]
+        half = row.get("half_step", {"error": "not measured"})
+        if "error" in half:  # half_step_errors' 3 columns
+            halves = f"error: {half['error']} ||"
+        else:
+            halves = (
+                f"{half['worst_jax']:.1e} / {half['worst_torch']:.1e} "
+                f"| {half['holds'] or ', '.join(half['over_bound'])} "
+                f"| {half['kink_distance']:.1e}"
+            )
         lines.append(
-            f"| {row['config']} | {row['convolutions']} | {row['precision']} "
-            f"| {row['forward_g']:.1e} | {row['forward_d']:.1e} | {row['metrics']:.1e} "
-            f"| {row['gradients']:.1e} | {row['params_in_lr']:.2g} "
-            f"| {row['forward_holds_1e-5']} | {row['gradients_hold_1e-4']} "
-            f"| {half['worst_jax']:.1e} / {half['worst_torch']:.1e} "
-            f"| {half['holds'] or ', '.join(half['over_bound'])} | {half['kink_distance']:.1e} |"
+            f"| {row['config']} | {row['convolutions']} | {row['precision']} | {whole} | {halves} |"
         )
     lines += [
         "",
@@ -210,9 +215,13 @@ def run_suite(
                 configs[name], batch_size=max(2, 32 // (16 if tiny else 1))
             )
             row.update(parity.measure(config, conv, precision))
-            row["half_step"] = parity.half_step_errors(config, conv, precision)
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            traceback.print_exc()
+        try:
+            row["half_step"] = parity.half_step_errors(config, conv, precision)
+        except Exception as e:
+            row["half_step"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             traceback.print_exc()
         row["seconds"] = time.perf_counter() - t0
         results["parity"].append(row)
@@ -225,8 +234,8 @@ def run_suite(
             ),
             flush=True,
         )
-        if "half_step" in row:
-            half = row["half_step"]
+        half = row["half_step"]
+        if "error" not in half:
             worst = sorted(half["jax"].items(), key=lambda kv: -kv[1])[:3]
             print(
                 f"  half-steps vs float64: JAX {half['worst_jax']:.1e}, PyTorch "

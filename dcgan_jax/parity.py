@@ -1,10 +1,11 @@
 """Forward and one-step agreement with the PyTorch reference on any device, as numbers.
 
-The test suite asserts parity on the CPU; this module measures it where the tests cannot
-run (a GPU, in `python -m dcgan_jax.benchmark --suite`). Both sides start from the same
-weights (PyTorch's initialisation, converted), see the same real batch and noise, and
-report relative errors instead of asserting, so that a run on a new device shows how
-close the two are and under which matrix-unit precision.
+The test suite asserts parity at tiny widths (on the CPU, or with JAX on a GPU); this
+module measures it for any model on any device (`python -m dcgan_jax.benchmark --suite`),
+and holds the pieces the tests share with it. Both sides start from the same weights
+(PyTorch's initialisation, converted), see the same real batch and noise, and report
+relative errors instead of asserting, so that a run on a new device shows how close the
+two are and under which matrix-unit precision.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _l2_rel(actual, expected) -> float:
     return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-12))
 
 
-def _numpy_state_dict(net) -> dict[str, np.ndarray]:
+def numpy_state_dict(net) -> dict[str, np.ndarray]:
     # Copies: on the CPU `.numpy()` shares the tensor's memory, which the reference's
     # in-place updates would change under JAX's feet (JAX may read it asynchronously).
     return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
@@ -62,6 +63,11 @@ def _torch_named(tree, train_state, layout) -> dict[str, np.ndarray]:
     return conversion.flax_to_torch(variables, layout)
 
 
+def _jax_precision(precision: str):
+    """JAX's side of `matmul_precision`."""
+    return jax.default_matmul_precision(precision if precision == "highest" else None)
+
+
 @contextlib.contextmanager
 def matmul_precision(torch, precision: str):
     """Both frameworks' float32 matrix-unit precision: "highest" (true float32: TF32 off on
@@ -72,7 +78,7 @@ def matmul_precision(torch, precision: str):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     try:
-        with jax.default_matmul_precision(precision if precision == "highest" else None):
+        with _jax_precision(precision):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
@@ -125,6 +131,42 @@ def kink_distance(train_state, inputs) -> float:
     return float(min(distances))
 
 
+def _both_sides(config, convolutions: str, seed: int):
+    """(config in float32 with `convolutions`, (netG, netD, optG, optD) of the reference on
+    CUDA when present, a fresh JAX state to load weights into, real batch (NHWC), noise,
+    torch device), all from `seed`."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = default_config.with_overrides(config, convolutions=convolutions, half_precision=False)
+    net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
+    net_g, net_d = net_g.to(device), net_d.to(device)
+    opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
+    generator, discriminator = models.make_models(config)
+    fresh = create_state(config, generator, discriminator)
+    rng = np.random.default_rng(seed)
+    size = config.image_size
+    real = rng.uniform(-1, 1, (config.batch_size, size, size, config.channels)).astype(np.float32)
+    z = rng.standard_normal((config.batch_size, config.z_dim)).astype(np.float32)
+    return config, (net_g, net_d, opt_g, opt_d), fresh, real, z, device
+
+
+def step_kink_distance(precision, generator, discriminator, updated_discriminator, z, real, fake):
+    """`kink_distance` over a training step's passes (G on the noise; D on the real and the
+    fake batch; the updated D on the fake batch), computed at the step's `precision` (at
+    TF32 the activations would be off by more than the distances being measured)."""
+    with _jax_precision(precision):
+        return min(
+            kink_distance(train_state, inputs)
+            for train_state, inputs in (
+                (generator, z),
+                (discriminator, real),
+                (discriminator, fake),
+                (updated_discriminator, fake),
+            )
+        )
+
+
 def measure(config, convolutions: str, precision: str = "highest", seed: int = 0) -> dict:
     """Relative errors of JAX against the reference for `config`'s model, float32.
 
@@ -141,22 +183,12 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
     """
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = default_config.with_overrides(config, convolutions=convolutions, half_precision=False)
-    net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
-    net_g, net_d = net_g.to(device), net_d.to(device)
-    opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
-    generator, discriminator = models.make_models(config)
-    state = conversion.load_into_state(
-        create_state(config, generator, discriminator),
-        _numpy_state_dict(net_g),
-        _numpy_state_dict(net_d),
-        config,
+    config, (net_g, net_d, opt_g, opt_d), fresh, real, z, device = _both_sides(
+        config, convolutions, seed
     )
-    rng = np.random.default_rng(seed)
-    size = config.image_size
-    real = rng.uniform(-1, 1, (config.batch_size, size, size, config.channels)).astype(np.float32)
-    z = rng.standard_normal((config.batch_size, config.z_dim)).astype(np.float32)
+    state = conversion.load_into_state(
+        fresh, numpy_state_dict(net_g), numpy_state_dict(net_d), config
+    )
     real_torch = torch.from_numpy(np.ascontiguousarray(real.transpose(0, 3, 1, 2))).to(device)
     z_torch = torch.from_numpy(z).to(device)
 
@@ -164,7 +196,7 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
         variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
         return train_state.apply_fn(variables, x, train=True, mutable=["batch_stats"])[0]
 
-    initial = {net: _numpy_state_dict(net) for net in (net_g, net_d)}
+    initial = {net: numpy_state_dict(net) for net in (net_g, net_d)}
     with matmul_precision(torch, precision):
         with torch.no_grad():
             fake_ref = net_g(z_torch).cpu().numpy().transpose(0, 2, 3, 1)
@@ -200,14 +232,8 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
             gradient_errors.append(_l2_rel(moments[name], expected))
             difference = np.abs(params[name] - param.detach().cpu().numpy()).max()
             param_errors.append(float(difference) / config.learning_rate)
-    results["kink_distance"] = min(
-        kink_distance(*p)
-        for p in (
-            (state.generator, z),
-            (state.discriminator, real),
-            (state.discriminator, fake),
-            (new_state.discriminator, fake),
-        )
+    results["kink_distance"] = step_kink_distance(
+        precision, state.generator, state.discriminator, new_state.discriminator, z, real, fake
     )
     results["gradients"] = max(gradient_errors)
     results["params_in_lr"] = max(param_errors)
@@ -233,7 +259,7 @@ def float64_gradient_errors(
 
     config = default_config.with_overrides(config, convolutions="matmul", half_precision=False)
     net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
-    sd_g, sd_d = _numpy_state_dict(net_g), _numpy_state_dict(net_d)
+    sd_g, sd_d = numpy_state_dict(net_g), numpy_state_dict(net_d)
     rng = np.random.default_rng(seed)
     size = config.image_size
     real = rng.uniform(-1, 1, (config.batch_size, size, size, config.channels))
@@ -242,14 +268,9 @@ def float64_gradient_errors(
 
     def jax_moments(dtype, convolutions):
         cfg = default_config.with_overrides(config, convolutions=convolutions)
-        g, d = models.make_models(cfg)
-        g, d = g.clone(dtype=dtype), d.clone(dtype=dtype)
-        cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-        state = jax.tree_util.tree_map(cast, create_state(cfg, g, d))
-        as_dtype = lambda sd: {
-            k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in sd.items()
-        }
-        state = conversion.load_into_state(state, as_dtype(sd_g), as_dtype(sd_d), cfg)
+        state = conversion.load_into_state(
+            state_template(cfg, dtype), _as_dtype(sd_g, dtype), _as_dtype(sd_d, dtype), cfg
+        )
         new_state, _ = jax.jit(steps.train_step_with_noise)(
             state, jnp.asarray(real, dtype), jnp.asarray(z, dtype)
         )
@@ -328,7 +349,7 @@ def recording_reference(net_g, net_d, opt_g, opt_d) -> dict:
                 k: p.grad.detach().cpu().numpy().copy() for k, p in _net.named_parameters()
             }
             out = _original(*args, **kwargs)
-            records[f"{_name}_after"] = _numpy_state_dict(_net)
+            records[f"{_name}_after"] = numpy_state_dict(_net)
             return out
 
         opt.step = step
@@ -342,21 +363,27 @@ def first_update_gradients(train_state, layout, beta1: float) -> dict[str, np.nd
     return {k: v / (1 - beta1) for k, v in moments.items()}
 
 
-def float64_template(config):
-    """A fresh float64 GAN state for `config`'s models (load weights with
-    conversion.load_into_state); call inside `float64_enabled()`."""
+def state_template(config, dtype=jnp.float64):
+    """A fresh GAN state for `config`'s models computing in `dtype`, its floating leaves in
+    `dtype` (load weights with conversion.load_into_state); for float64 call it inside
+    `float64_enabled()`."""
     g, d = models.make_models(config)
-    state = create_state(config, g.clone(dtype=jnp.float64), d.clone(dtype=jnp.float64))
+    state = create_state(config, g.clone(dtype=dtype), d.clone(dtype=dtype))
     return jax.tree_util.tree_map(
-        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
     )
+
+
+def _as_dtype(state_dict: dict, dtype) -> dict:
+    """A state dict with its floating arrays in `dtype` (counters stay integers)."""
+    return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in state_dict.items()}
 
 
 def exact_half_step_gradients(fresh64, config, before_g, before_d, records, real, z):
     """D's and G's gradients of the two half-steps from the inputs that `records` (from
     `recording_reference`) and the state dicts before the step give, in float64 on the
     host CPU (which agrees with PyTorch's float64 to 1e-7, tests/test_torch_parity.py)."""
-    as64 = lambda sd: {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in sd.items()}
+    as64 = lambda state_dict: _as_dtype(state_dict, np.float64)
     with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
         state = conversion.load_into_state(fresh64, as64(before_g), as64(before_d), config)
         updated = conversion.load_into_state(
@@ -412,19 +439,11 @@ def half_step_errors(config, convolutions: str, precision: str = "highest", seed
     """
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = default_config.with_overrides(config, convolutions=convolutions, half_precision=False)
-    net_g, net_d, _, _ = torch_reference.build(config, seed=seed)
-    net_g, net_d = net_g.to(device), net_d.to(device)
-    opt_g, opt_d = torch_reference.make_optimizers(config, net_g, net_d)
-    before_g, before_d = _numpy_state_dict(net_g), _numpy_state_dict(net_d)
-    generator, discriminator = models.make_models(config)
-    fresh = create_state(config, generator, discriminator)
+    config, (net_g, net_d, opt_g, opt_d), fresh, real, z, device = _both_sides(
+        config, convolutions, seed
+    )
+    before_g, before_d = numpy_state_dict(net_g), numpy_state_dict(net_d)
     state = conversion.load_into_state(fresh, before_g, before_d, config)
-    rng = np.random.default_rng(seed)
-    size = config.image_size
-    real = rng.uniform(-1, 1, (config.batch_size, size, size, config.channels)).astype(np.float32)
-    z = rng.standard_normal((config.batch_size, config.z_dim)).astype(np.float32)
     records = recording_reference(net_g, net_d, opt_g, opt_d)
     with matmul_precision(torch, precision):
         torch_reference.train_step(
@@ -441,7 +460,7 @@ def half_step_errors(config, convolutions: str, precision: str = "highest", seed
     # The truth with the matmul formulation whatever the side's: the same function, and
     # XLA:CPU's native float64 convolutions are slow at full size.
     with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
-        fresh64 = float64_template(default_config.with_overrides(config, convolutions="matmul"))
+        fresh64 = state_template(default_config.with_overrides(config, convolutions="matmul"))
     exact_d, exact_g = exact_half_step_gradients(
         fresh64, config, before_g, before_d, records, real, z
     )
@@ -471,13 +490,13 @@ def half_step_errors(config, convolutions: str, precision: str = "highest", seed
     results["worst_jax"] = max(results["jax"].values())
     results["worst_torch"] = max(results["torch"].values())
     results["holds"] = not results["over_bound"]
-    results["kink_distance"] = min(
-        kink_distance(*p)
-        for p in (
-            (state.generator, z),
-            (state.discriminator, real),
-            (state.discriminator, records["fake"]),
-            (updated.discriminator, records["fake"]),
-        )
+    results["kink_distance"] = step_kink_distance(
+        precision,
+        state.generator,
+        state.discriminator,
+        updated.discriminator,
+        z,
+        real,
+        records["fake"],
     )
     return results

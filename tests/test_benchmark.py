@@ -108,6 +108,49 @@ def test_suite_dry_run_writes_json_and_tables(tmp_path):
     assert "| cifar | 2 | fp32 | jax lax |" in table and "Versions:" in table
 
 
+def test_suite_parity_table_keeps_its_columns_when_a_measurement_fails():
+    from dcgan_jax import benchmark_suite
+
+    measured = {
+        "forward_g": 1e-6,
+        "forward_d": 2e-7,
+        "metrics": 3e-6,
+        "gradients": 4e-6,
+        "params_in_lr": 0.5,
+        "forward_holds_1e-5": True,
+        "gradients_hold_1e-4": True,
+    }
+    half = {
+        "worst_jax": 5e-3,
+        "worst_torch": 6e-6,
+        "holds": False,
+        "over_bound": ["G.main.0.weight"],
+        "kink_distance": 2e-8,
+    }
+    head = {"config": "cifar", "convolutions": "lax", "precision": "highest"}
+    results = {
+        "device": "gpu:0",
+        "host_cpu": "cpu",
+        "versions": {"jax": "x"},
+        "speed": [],
+        "parity": [
+            {**head, **measured, "half_step": half},
+            {**head, "error": "RuntimeError: a", "half_step": half},
+            {**head, **measured, "half_step": {"error": "ValueError: b"}},
+        ],
+    }
+    lines = [
+        line for line in benchmark_suite.format_tables(results).splitlines() if "| cifar" in line
+    ]
+    header = next(
+        line for line in benchmark_suite.format_tables(results).splitlines() if "parity:" in line
+    )
+    assert len(lines) == 3 and all(line.count("|") == header.count("|") for line in lines)
+    assert "| 5.0e-03 / 6.0e-06 | G.main.0.weight | 2.0e-08 |" in lines[0]
+    assert "error: RuntimeError: a" in lines[1] and "5.0e-03 / 6.0e-06" in lines[1]
+    assert "| 4.0e-06 |" in lines[2] and "error: ValueError: b" in lines[2]
+
+
 def test_profile_splits_both_steps_into_the_same_phases():
     pytest.importorskip("torch")
     from dcgan_jax import step_profile

@@ -265,8 +265,8 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     config = tiny_config(
         num_train_steps=4,
         eval_every_steps=2,
-        eval_num_samples=10,
-        fid_reference_samples=10,
+        eval_num_samples=20,
+        fid_reference_samples=20,
         fid_weights=weight_file,
         fid_stats_dir=str(stats_dir),
         eval_features="inception",
@@ -286,7 +286,7 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     assert int(best_state.step) == best["step"]
     (cached,) = os.listdir(stats_dir)
     with np.load(stats_dir / cached) as stats:
-        assert int(stats["n"]) == 10 and stats["sigma"].shape == (2048, 2048)
+        assert int(stats["n"]) == 20 and stats["sigma"].shape == (2048, 2048)
 
     # The CLI gives the same numbers for step 4 (same seed, same cached reference).
     result = subprocess.run(
@@ -297,7 +297,7 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
             "--workdir",
             str(workdir),
             "--num_samples",
-            "10",
+            "20",
             "--fid_weights",
             weight_file,
         ],
@@ -313,11 +313,13 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     for key in ("fid", "inception_score", "kid"):
         assert again[key] == pytest.approx(during[key], rel=1e-5), key
     assert f"step 4: FID {again['fid']:.2f}" in result.stdout
-    # The Inception Score's convention is recorded: 10 splits of pool3 @ W (no fc bias).
+    # The Inception Score's convention is recorded: 10 splits of pool3 @ W (no fc bias);
+    # two images per split, so that the score is not 1 by construction.
+    assert during["inception_score"] > 1.0
     assert again["inception_score_splits"] == during["inception_score_splits"] == 10
     assert again["inception_score_logits"] == during["inception_score_logits"] == "unbiased"
     assert "10 splits, unbiased logits" in result.stdout
-    assert "published FIDs use 50,000" in result.stdout  # 10 samples are not comparable
+    assert "published FIDs use 50,000" in result.stdout  # 20 samples are not comparable
 
     # "biased" takes the fc layer's output: the same pool3, logits larger by the fc bias.
     # (Same batch shape as the evaluation above: the compiled Inception is reused.)
