@@ -321,12 +321,17 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     assert "10 splits, unbiased logits" in result.stdout
     assert "published FIDs use 50,000" in result.stdout  # 20 samples are not comparable
 
-    # "biased" takes the fc layer's output: the same pool3, logits larger by the fc bias.
-    # (Same batch shape as the evaluation above: the compiled Inception is reused.)
+    # The cached reference statistics are keyed by the feature network's fingerprint.
+    assert evaluate.load_features(weight_file).fingerprint in cached
+
+
+def test_biased_score_logits_are_the_unbiased_ones_plus_the_fc_bias(weight_file):
+    """ "biased" takes the fc layer's output: the same pool3, logits larger by the fc bias;
+    the features themselves (and so the reference statistics) do not change."""
     unbiased = evaluate.load_features(weight_file)
     biased = evaluate.load_features(weight_file, score_logits="biased")
-    assert unbiased.fingerprint == biased.fingerprint and unbiased.fingerprint in cached
-    images = np.random.default_rng(3).uniform(-1, 1, (10, 16, 16, 1)).astype(np.float32)
+    assert unbiased.fingerprint == biased.fingerprint
+    images = np.random.default_rng(3).uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)
     (pool_u, logits_u), (pool_b, logits_b) = unbiased(images), biased(images)
     np.testing.assert_array_equal(pool_u, pool_b)
     bias = inception.random_variables(seed=5)["params"]["fc"]["bias"]
