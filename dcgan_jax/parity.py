@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -403,9 +404,19 @@ def exact_half_step_gradients(fresh64, config, before_g, before_d, records, real
         )
 
 
-def gradient_error_bounds(grads, ref_grads, exact_grads) -> dict[str, tuple[float, float, float]]:
-    """For each tensor: (our L2 error, the reference's L2 error, the bound on ours), both
-    errors against the float64 gradients of the same half-step.
+class GradientError(NamedTuple):
+    """One tensor's float32 gradient against float64: L2 errors and the norm they compare
+    with."""
+
+    ours: float  # JAX's L2 error
+    reference: float  # the reference's L2 error
+    bound: float  # what `ours` may reach (gradient_error_bounds)
+    norm: float  # L2 norm of the float64 gradient
+
+
+def gradient_error_bounds(grads, ref_grads, exact_grads) -> dict[str, GradientError]:
+    """For each tensor, both sides' L2 errors against the float64 gradients of the same
+    half-step and the bound on ours.
 
     The bound: 1e-4 of the tensor's norm (rounding of sums of a few thousand terms), or 10x
     the reference's own float32 error, or 1e-6 of the whole network's gradient norm: the
@@ -416,14 +427,15 @@ def gradient_error_bounds(grads, ref_grads, exact_grads) -> dict[str, tuple[floa
     network_norm = np.sqrt(
         sum(np.sum(np.square(exact_grads[k], dtype=np.float64)) for k in ref_grads)
     )
-    bounds = {}
+    errors = {}
     for key, value in ref_grads.items():
         exact = np.asarray(exact_grads[key], np.float64)
+        norm = np.linalg.norm(exact)
         our_error = np.linalg.norm(np.asarray(grads[key], np.float64) - exact)
         their_error = np.linalg.norm(np.asarray(value, np.float64) - exact)
-        bound = max(1e-4 * np.linalg.norm(exact), 10 * their_error, 1e-6 * network_norm)
-        bounds[key] = (float(our_error), float(their_error), float(bound))
-    return bounds
+        bound = max(1e-4 * norm, 10 * their_error, 1e-6 * network_norm)
+        errors[key] = GradientError(float(our_error), float(their_error), float(bound), float(norm))
+    return errors
 
 
 def half_step_errors(config, convolutions: str, precision: str = "highest", seed: int = 0) -> dict:
@@ -479,13 +491,11 @@ def half_step_errors(config, convolutions: str, precision: str = "highest", seed
             exact_g,
         ),
     ):
-        for key, (ours_err, theirs_err, bound) in gradient_error_bounds(
-            ours, theirs, exact
-        ).items():
-            norm = max(float(np.linalg.norm(np.asarray(exact[key], np.float64))), 1e-30)
-            results["jax"][f"{prefix}.{key}"] = ours_err / norm
-            results["torch"][f"{prefix}.{key}"] = theirs_err / norm
-            if ours_err > bound:
+        for key, error in gradient_error_bounds(ours, theirs, exact).items():
+            norm = max(error.norm, 1e-30)
+            results["jax"][f"{prefix}.{key}"] = error.ours / norm
+            results["torch"][f"{prefix}.{key}"] = error.reference / norm
+            if error.ours > error.bound:
                 results["over_bound"].append(f"{prefix}.{key}")
     results["worst_jax"] = max(results["jax"].values())
     results["worst_torch"] = max(results["torch"].values())
