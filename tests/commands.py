@@ -6,6 +6,7 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count=2"
 
 
 def train_command(workdir, *args: str, **overrides) -> list[str]:
@@ -25,12 +26,15 @@ def train_command(workdir, *args: str, **overrides) -> list[str]:
 
 
 def environment(**extra: str) -> dict[str, str]:
-    """This process's environment for a subprocess: 2 CPU devices (as in the tests), the
-    repository importable, quiet TensorFlow."""
+    """This process's environment for a subprocess: 2 CPU devices (as in the tests) and the
+    tests' other XLA flags (conftest.py), the repository importable, quiet TensorFlow."""
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if DEVICE_COUNT_FLAG not in xla_flags:
+        xla_flags = f"{xla_flags} {DEVICE_COUNT_FLAG}".strip()
     return {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": xla_flags,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PYTHONPATH": REPO,
         **extra,

@@ -20,6 +20,7 @@ def test_step_flops_match_the_issue_estimate_for_cifar():
     assert benchmark.step_flops_per_image(_load_config("cifar")) == 3 * g + 8 * d
 
 
+@pytest.mark.slow
 def test_benchmark_runs_both_sides_and_reports():
     pytest.importorskip("torch")
     config = tiny_config(batch_size=4)
@@ -86,6 +87,7 @@ def test_torch_step_autocasts_the_forward_passes_only_and_never_syncs():
     assert set(floats) == set(metrics) and all(isinstance(v, float) for v in floats.values())
 
 
+@pytest.mark.slow
 def test_suite_dry_run_writes_json_and_tables(tmp_path):
     pytest.importorskip("torch")
     from dcgan_jax import benchmark_suite
@@ -151,6 +153,7 @@ def test_suite_parity_table_keeps_its_columns_when_a_measurement_fails():
     assert "| 4.0e-06 |" in lines[2] and "error: ValueError: b" in lines[2]
 
 
+@pytest.mark.slow
 def test_profile_splits_both_steps_into_the_same_phases():
     pytest.importorskip("torch")
     from dcgan_jax import step_profile
@@ -167,6 +170,7 @@ def test_profile_splits_both_steps_into_the_same_phases():
     assert "backward through D and G" in table and "jax/torch" in table
 
 
+@pytest.mark.slow
 def test_sweep_writes_json_table_and_plot(tmp_path):
     pytest.importorskip("torch")
     from PIL import Image

@@ -36,6 +36,7 @@ def _reference_nets(config, seed):
     return net_g.eval(), net_d.eval()
 
 
+@pytest.mark.slow
 def test_pytorch_examples_checkpoint_round_trip_through_the_clis(tmp_path):
     config = tiny_config(image_size=32, channels=3, z_dim=100, g_features=8, d_features=8)
     config.d_head = "conv"

@@ -37,6 +37,7 @@ def test_committed_notebook_has_no_outputs():
             assert cell.outputs == [] and cell.execution_count is None
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path):
     pytest.importorskip("torch")
     notebook = nbformat.read(NOTEBOOK, as_version=4)

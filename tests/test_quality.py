@@ -260,6 +260,7 @@ def weight_file(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     stats_dir = tmp_path / "stats"
     config = tiny_config(
@@ -419,6 +420,7 @@ def _sample_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_export_writes_the_requested_count_and_format(tmp_path):
     from PIL import Image
 

@@ -34,6 +34,7 @@ def _digest(state) -> str:
     return checkpointing.state_digest(state)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
     # A reduced count for CI; `python -m tests.kill_loop --kills 20` is the full version.
     counts = kill_loop.run(kills=3, seed=0, root=str(tmp_path))
@@ -62,6 +63,7 @@ def _wait_for_line(process, prefix: str, timeout: float = 180.0) -> list[str]:
     raise AssertionError(f"the process ended without printing {prefix!r}: {lines}")
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_resumes(tmp_path):
     workdir = tmp_path / "run"
     process = _start_training(workdir, 100_000)

@@ -180,6 +180,7 @@ _generate_train = jax.jit(lambda g_state, z: steps.generate(g_state, z)[0])
 # and LeakyReLU (see parity.KINK_MARGIN). Whole trajectories are
 # compared in float64 (below), where rounding cannot move them apart: to 1e-7 after 10
 # steps.
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
     config, fresh, (net_g, net_d, opt_g, opt_d), real, z = _setup(arch, seed)
@@ -305,6 +306,7 @@ def test_mismatched_state_dict_is_refused_with_the_fix():
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("convolutions", ["matmul", "lax"])
 def test_parity_module_measures_agreement_on_this_device(convolutions, seed):
     config = tiny_config(**ARCHITECTURES["cifar"], z_dim=16, batch_size=8)

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from dcgan_jax import checkpointing, distributed, train
 from dcgan_jax.validation import ConfigError, UserError
+from tests import commands
 from tests.conftest import tiny_config
 
 
@@ -68,6 +69,7 @@ def test_workdir_outputs(tmp_path):
     _assert_states_equal(loaded, state)
 
 
+@pytest.mark.slow
 def test_cifar10_config_trains_under_mock_data(tmp_path):
     from tests.test_models import _load_config
 
@@ -81,6 +83,7 @@ def test_cifar10_config_trains_under_mock_data(tmp_path):
     assert (tmp_path / "cifar" / "samples" / "step_000002.png").exists()
 
 
+@pytest.mark.slow
 def test_trains_on_a_folder_of_images(tmp_path):
     from PIL import Image
 
@@ -146,13 +149,12 @@ def test_dataset_that_cannot_be_downloaded(tmp_path, monkeypatch):
 
 
 def _cli(*args, cwd):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     return subprocess.run(
         [sys.executable, "-m", "dcgan_jax.train", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env=commands.environment(),
         timeout=300,
     )
 
@@ -172,6 +174,7 @@ def test_cli_bad_override_is_one_clear_message(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_and_resumes(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = [
