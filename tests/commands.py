@@ -26,8 +26,8 @@ def train_command(workdir, *args: str, **overrides) -> list[str]:
 
 
 def environment(**extra: str) -> dict[str, str]:
-    """This process's environment for a subprocess: 2 CPU devices (as in the tests) and the
-    tests' other XLA flags (conftest.py), the repository importable, quiet TensorFlow."""
+    """This process's environment for a subprocess: 2 CPU devices (as in the tests) beside
+    any other XLA flags the session runs with, the repository importable, quiet TensorFlow."""
     xla_flags = os.environ.get("XLA_FLAGS", "")
     if DEVICE_COUNT_FLAG not in xla_flags:
         xla_flags = f"{xla_flags} {DEVICE_COUNT_FLAG}".strip()
