@@ -54,7 +54,7 @@ def numpy_state_dict(net) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
 
 
-def _torch_named(tree, train_state, layout) -> dict[str, np.ndarray]:
+def torch_named(tree, train_state, layout) -> dict[str, np.ndarray]:
     """`tree` (the network's parameters, or a same-shaped tree such as Adam's first
     moments) under the reference's parameter names."""
     variables = {
@@ -226,8 +226,8 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
         (net_g, opt_g, new_state.generator, conversion.generator_layout(config)),
         (net_d, opt_d, new_state.discriminator, conversion.discriminator_layout(config)),
     ):
-        moments = _torch_named(train_state.opt_state[0].mu, train_state, layout)
-        params = _torch_named(train_state.params, train_state, layout)
+        moments = torch_named(train_state.opt_state[0].mu, train_state, layout)
+        params = torch_named(train_state.params, train_state, layout)
         for name, param in net.named_parameters():
             expected = opt.state[param]["exp_avg"].detach().cpu().numpy()
             gradient_errors.append(_l2_rel(moments[name], expected))
@@ -279,7 +279,7 @@ def float64_gradient_errors(
         for prefix, train_state, layout in zip(
             "GD", (new_state.generator, new_state.discriminator), layouts, strict=True
         ):
-            converted = _torch_named(train_state.opt_state[0].mu, train_state, layout)
+            converted = torch_named(train_state.opt_state[0].mu, train_state, layout)
             moments.update(
                 {f"{prefix}.{k}": np.asarray(v, np.float64) for k, v in converted.items()}
             )
@@ -360,7 +360,7 @@ def recording_reference(net_g, net_d, opt_g, opt_d) -> dict:
 def first_update_gradients(train_state, layout, beta1: float) -> dict[str, np.ndarray]:
     """The gradient of a state's first Adam update, by the reference's names: with fresh
     moments Adam's first moment is (1 - beta1) x gradient."""
-    moments = _torch_named(train_state.opt_state[0].mu, train_state, layout)
+    moments = torch_named(train_state.opt_state[0].mu, train_state, layout)
     return {k: v / (1 - beta1) for k, v in moments.items()}
 
 

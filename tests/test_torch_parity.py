@@ -226,9 +226,7 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
             pytest.fail(f"step {i}: 200 draws in a row had an activation input near a kink")
         # D's half-step: the reference's D, real batch and fake batch.
         d_state, d_metrics = parity.d_half_step(state.discriminator, real, records["fake"])
-        ours = conversion.flax_to_torch(
-            {"params": d_state.params, "batch_stats": d_state.batch_stats}, d_layout
-        )
+        ours = parity.torch_named(d_state.params, d_state, d_layout)
         grads = parity.first_update_gradients(d_state, d_layout, beta1)
         exact_d, exact_g = parity.exact_half_step_gradients(
             fresh64, config, before_g, before_d, records, real, z
@@ -240,17 +238,13 @@ def test_d_step_and_g_step_match_from_identical_inputs_in_float32(arch, seed):
         g_state, d_state, g_metrics = parity.g_half_step(
             state.generator, updated_d.discriminator, z
         )
-        ours = conversion.flax_to_torch(
-            {"params": g_state.params, "batch_stats": g_state.batch_stats}, g_layout
-        )
+        ours = parity.torch_named(g_state.params, g_state, g_layout)
         grads = parity.first_update_gradients(g_state, g_layout, beta1)
         _check_half_step(
             ours, records["g_after"], grads, records["g_grads"], exact_g, lr, f"G, step {i}", i == 0
         )
         # D's statistics after its third pass (G's step) are the reference's final ones.
-        ours_d = conversion.flax_to_torch(
-            {"params": d_state.params, "batch_stats": d_state.batch_stats}, d_layout
-        )
+        ours_d = parity.torch_named(d_state.params, d_state, d_layout)
         for key, value in parity.numpy_state_dict(net_d).items():
             if "running" in key:
                 assert_close(ours_d[key], value, 1e-4, key)
