@@ -29,7 +29,7 @@ def environment(**extra: str) -> dict[str, str]:
     """This process's environment for a subprocess: 2 CPU devices (as in the tests) beside
     any other XLA flags the session runs with, the repository importable, quiet TensorFlow."""
     xla_flags = os.environ.get("XLA_FLAGS", "")
-    if DEVICE_COUNT_FLAG not in xla_flags:
+    if DEVICE_COUNT_FLAG not in xla_flags.split():
         xla_flags = f"{xla_flags} {DEVICE_COUNT_FLAG}".strip()
     return {
         **os.environ,

@@ -84,6 +84,7 @@ def test_two_processes_equal_one_and_resume_together(tmp_path):
     # the CLI's): the process boundary is what the pair tests, not what the reference does.
     single = tmp_path / "single"
     config = _load_config("digits")
+    config.lock()  # a misspelt override fails, as on the command line
     config.update(TINY, num_train_steps=6)
     train.train_and_evaluate(config, str(single))
     _, expected_4 = checkpointing.load_checkpoint(str(single), step=4)
