@@ -25,6 +25,17 @@ def train_command(workdir, *args: str, **overrides) -> list[str]:
     ]
 
 
+def digits_config(**overrides):
+    """The config that `train_command(workdir, **overrides)` has the CLI build, built in this
+    process; locked, so that a misspelt key fails as it does on the command line."""
+    from tests.test_models import _load_config
+
+    config = _load_config("digits")
+    config.lock()
+    config.update(overrides)
+    return config
+
+
 def environment(**extra: str) -> dict[str, str]:
     """This process's environment for a subprocess: 2 CPU devices (as in the tests) beside
     any other XLA flags the session runs with, the repository importable, quiet TensorFlow."""

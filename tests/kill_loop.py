@@ -25,17 +25,21 @@ import time
 from tests import commands
 
 
-def train_command(workdir: str, num_steps: int) -> list[str]:
-    """A tiny digits run that checkpoints after every step."""
+def train_command(
+    workdir: str, num_steps: int, *extra: str, checkpoint_every_steps: int = 1
+) -> list[str]:
+    """A tiny digits run that checkpoints after every step (or `checkpoint_every_steps`),
+    with the command-line flags `extra`."""
     return commands.train_command(
         workdir,
+        *extra,
         image_size=16,
         z_dim=8,
         g_features=8,
         d_features=8,
         batch_size=8,
         num_train_steps=num_steps,
-        checkpoint_every_steps=1,
+        checkpoint_every_steps=checkpoint_every_steps,
         max_checkpoints=2,
         log_every_steps=25,
         sample_every_steps=10 * num_steps,
@@ -98,12 +102,12 @@ def run(kills: int, seed: int, root: str, num_steps: int | None = None) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
     # The reference checkpoints only its final state (one write instead of one per step):
     # how often a run checkpoints must not change what it computes.
-    reference_command = train_command(reference, num_steps)
-    reference_command = [
-        a for a in reference_command if not a.startswith("--config.checkpoint_every_steps=")
-    ]
-    reference_command.append(f"--config.checkpoint_every_steps={num_steps}")
-    subprocess.run(reference_command, env=env, check=True, capture_output=True)
+    subprocess.run(
+        train_command(reference, num_steps, checkpoint_every_steps=num_steps),
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
     rng = random.Random(seed)
     rounds = []

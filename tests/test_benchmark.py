@@ -141,12 +141,9 @@ def test_suite_parity_table_keeps_its_columns_when_a_measurement_fails():
             {**head, **measured, "half_step": {"error": "ValueError: b"}},
         ],
     }
-    lines = [
-        line for line in benchmark_suite.format_tables(results).splitlines() if "| cifar" in line
-    ]
-    header = next(
-        line for line in benchmark_suite.format_tables(results).splitlines() if "parity:" in line
-    )
+    table = benchmark_suite.format_tables(results).splitlines()
+    lines = [line for line in table if "| cifar" in line]
+    header = next(line for line in table if "parity:" in line)
     assert len(lines) == 3 and all(line.count("|") == header.count("|") for line in lines)
     assert "| 5.0e-03 / 6.0e-06 | G.main.0.weight | 2.0e-08 |" in lines[0]
     assert "error: RuntimeError: a" in lines[1] and "5.0e-03 / 6.0e-06" in lines[1]

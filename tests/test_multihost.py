@@ -11,7 +11,6 @@ import pytest
 
 from dcgan_jax import checkpointing, train
 from tests import commands
-from tests.test_models import _load_config
 
 TINY = {
     "image_size": 16,
@@ -83,10 +82,7 @@ def test_two_processes_equal_one_and_resume_together(tmp_path):
     # The one-process reference runs in this process (the same 2 CPU devices and config as
     # the CLI's): the process boundary is what the pair tests, not what the reference does.
     single = tmp_path / "single"
-    config = _load_config("digits")
-    config.lock()  # a misspelt override fails, as on the command line
-    config.update(TINY, num_train_steps=6)
-    train.train_and_evaluate(config, str(single))
+    train.train_and_evaluate(commands.digits_config(**TINY, num_train_steps=6), str(single))
     _, expected_4 = checkpointing.load_checkpoint(str(single), step=4)
     _, expected_6 = checkpointing.load_checkpoint(str(single), step=6)
 

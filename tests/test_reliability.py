@@ -42,11 +42,12 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
 
 
 def _start_training(workdir, num_steps, *extra):
-    command = kill_loop.train_command(str(workdir), num_steps)
-    command = [arg for arg in command if not arg.startswith("--config.checkpoint_every_steps")]
+    command = kill_loop.train_command(
+        str(workdir), num_steps, *extra, checkpoint_every_steps=100_000
+    )
     env = kill_loop._environment(os.path.join(os.path.dirname(str(workdir)), "xla_cache"))
     return subprocess.Popen(
-        [*command, "--config.checkpoint_every_steps=100000", *extra],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -176,8 +176,6 @@ def test_cli_bad_override_is_one_clear_message(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_and_resumes(tmp_path, capsys):
-    from tests.test_models import _load_config
-
     overrides = dict(
         g_features=8,
         d_features=8,
@@ -189,10 +187,9 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     )
     # The first 2 steps in this process (the function the CLI calls, on the config it
     # builds), the resume through the CLI in a process of its own.
-    config = _load_config("digits")
-    config.lock()  # a misspelt override fails, as on the command line
-    config.update(overrides, num_train_steps=2)
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    train.train_and_evaluate(
+        commands.digits_config(**overrides, num_train_steps=2), str(tmp_path / "run")
+    )
     assert "step 2/2 | d_loss" in capsys.readouterr().out
     second = _cli(
         "--config",
