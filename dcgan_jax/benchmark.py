@@ -1,8 +1,8 @@
 """Side-by-side training speed of this project and the PyTorch reference, in one process.
 
     python -m dcgan_jax.benchmark --config configs/cifar.py [--config.batch_size=64]
-        [--precision fp32|bf16] [--windows 7] [--steps_per_window 5] [--torch_compile]
-        [--json results.json]
+        [--precision fp32|bf16] [--windows 7] [--steps_per_window 5] [--min_window_s 0.2]
+        [--torch_compile [--torch_compile_mode reduce-overhead]] [--json results.json]
     python -m dcgan_jax.benchmark --config configs/cifar.py --profile   # step_profile.py
     python -m dcgan_jax.benchmark --config configs/celeba.py --sweep --out DIR   # sweep.py
     python -m dcgan_jax.benchmark --suite --out DIR    # an accelerator (benchmark_suite.py)
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import default_config, models, train
+from dcgan_jax import default_config, models, train, xla_flags
 from dcgan_jax.validation import UserError, exit_on_user_error, validate_config
 
 
@@ -120,7 +120,9 @@ class TorchRunner:
     under bf16 only the forward passes are autocast.
     """
 
-    def __init__(self, config, batch: np.ndarray, bf16: bool, compile_models: bool):
+    def __init__(
+        self, config, batch: np.ndarray, bf16: bool, compile_models: bool, compile_mode="default"
+    ):
         import torch
 
         from dcgan_jax import torch_reference
@@ -142,8 +144,14 @@ class TorchRunner:
             # object, shared by every model built here, and would otherwise fill up over
             # the suite's shapes or switch to slower shape-generic kernels.
             torch._dynamo.reset()
-            net_g = torch.compile(net_g, dynamic=False)
-            net_d = torch.compile(net_d, dynamic=False)
+            net_g = torch.compile(net_g, dynamic=False, mode=compile_mode)
+            net_d = torch.compile(net_d, dynamic=False, mode=compile_mode)
+        # CUDA graphs ("reduce-overhead", "max-autotune") reuse their output buffers: each
+        # training iteration must be marked as a new one, or its outputs would be
+        # overwritten while the previous iteration still holds them.
+        self.cuda_graphs = (
+            compile_models and self.cuda and compile_mode in ("reduce-overhead", "max-autotune")
+        )
         self.net_g, self.net_d = net_g, net_d
         self.step_fn = torch_reference.train_step
         self.real = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(
@@ -165,6 +173,8 @@ class TorchRunner:
             start = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         for _ in range(num_steps):
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             self.step_fn(
                 self.net_g,
                 self.net_d,
@@ -295,6 +305,7 @@ def run_benchmark(
     steps_per_window: int = 5,
     torch_side: bool = True,
     torch_compile: bool = False,
+    torch_compile_mode: str = "default",
     jax_convolutions: tuple[str, ...] | None = None,
     min_window_s: float = 0.0,
     gemm_size: int = 2048,
@@ -306,6 +317,8 @@ def run_benchmark(
         "jax matmul", ...; by default one runner, "jax", with the config's `convolutions`.
       min_window_s: each runner's steps per window are raised until one window lasts at
         least this long (fast accelerator steps would otherwise time Python's dispatch).
+      torch_compile_mode: torch.compile's `mode` ("default", "reduce-overhead": CUDA
+        graphs, "max-autotune", ...), recorded in the results.
       gemm_size: also measure each framework's float32 GEMM rate on (size x size) squares
         and report each step's share of it (0: skip).
     """
@@ -327,7 +340,7 @@ def run_benchmark(
         for compiled in variants:
             try:
                 runner, seconds = _timed_first_step(
-                    lambda c=compiled: TorchRunner(config, batch, bf16, c)
+                    lambda c=compiled: TorchRunner(config, batch, bf16, c, torch_compile_mode)
                 )
             except Exception as e:  # torch.compile needs a working compiler toolchain
                 if not compiled:
@@ -365,6 +378,7 @@ def run_benchmark(
         "step_gflop_per_image": flops / 1e9,
         "host_cpu": _cpu_name(),
         "versions": versions(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "peak_process_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "frameworks": {},
     }
@@ -406,6 +420,7 @@ def run_benchmark(
             results["ratio"] = results["jax_images_per_s"] / rate
         else:
             results["torch_compile_images_per_s"] = rate
+            results["torch_compile_mode"] = torch_compile_mode
             results["ratio_vs_torch_compile"] = results["jax_images_per_s"] / rate
         for jax_name in jax_names:
             frameworks[jax_name][f"ratio_vs_{name}"] = frameworks[jax_name]["images_per_s"] / rate
@@ -456,7 +471,8 @@ def format_table(results: dict) -> str:
         lines.append(f"{jax_name} / PyTorch eager: {results['ratio']:.2f}x images/s")
     if "ratio_vs_torch_compile" in results:
         lines.append(
-            f"{jax_name} / torch.compile: {results['ratio_vs_torch_compile']:.2f}x images/s"
+            f"{jax_name} / torch.compile ({results['torch_compile_mode']}): "
+            f"{results['ratio_vs_torch_compile']:.2f}x images/s"
         )
     if "gemm_gflop_per_s" in results:
         gemm = results["gemm_gflop_per_s"]
@@ -477,6 +493,7 @@ def format_table(results: dict) -> str:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    xla_flags.apply_defaults()
     f = flags.FLAGS
     # JAX would take 75% of an accelerator's memory at start-up, leaving PyTorch (in the
     # same process) the rest and making JAX's own footprint unreadable.
@@ -535,6 +552,8 @@ def main(argv) -> None:
             steps_per_window=f.steps_per_window,
             torch_side=not f.no_torch,
             torch_compile=f.torch_compile,
+            torch_compile_mode=f.torch_compile_mode,
+            min_window_s=f.min_window_s,
         )
     print(format_table(results))
     if f.json:
@@ -550,6 +569,18 @@ if __name__ == "__main__":
     flags.DEFINE_integer("windows", 7, "Timed windows per framework.")
     flags.DEFINE_integer("steps_per_window", 5, "Training steps per timed window.")
     flags.DEFINE_bool("torch_compile", False, "Also time the reference under torch.compile.")
+    flags.DEFINE_enum(
+        "torch_compile_mode",
+        "default",
+        ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        "--torch_compile: torch.compile's mode (reduce-overhead: CUDA graphs).",
+    )
+    flags.DEFINE_float(
+        "min_window_s",
+        0.0,
+        "Raise each side's steps per window until a window lasts this long (on a GPU, "
+        "0.2 keeps Python's dispatch out of the timing).",
+    )
     flags.DEFINE_bool("no_torch", False, "Time only the JAX side (no PyTorch needed).")
     flags.DEFINE_string("json", None, "Also write the results as JSON to this path.")
     flags.DEFINE_bool("sweep", False, "Measure over --batch_sizes x --image_sizes (see sweep.py).")

@@ -1,6 +1,7 @@
 """Everything worth knowing about one accelerator, measured in one command.
 
     python -m dcgan_jax.benchmark --suite --out DIR [--suite_budget_s 480] [--suite_tiny]
+        [--torch_compile_mode reduce-overhead]
 
 1. versions and devices;
 2. parity with the PyTorch reference on the device: forward passes and one training step
@@ -10,8 +11,9 @@
    gradients against float64 (parity.half_step_errors: the CPU tests' bound);
 3. speed: configs/cifar.py and configs/celeba.py at batch 64 and 256, fp32 and bf16; JAX
    with each convolution formulation ("matmul" and XLA's native "lax" convolutions) against
-   PyTorch eager and (on CUDA, or with --torch_compile) torch.compile: images/s, step ms,
-   first-step time, each side's peak device memory;
+   PyTorch eager and (on CUDA, or with --torch_compile) torch.compile in
+   `--torch_compile_mode` (`reduce-overhead`: CUDA graphs): images/s, step ms, first-step
+   time, each side's peak device memory;
 4. DIR/suite.json and DIR/suite.md, rewritten after every case, so that a run cut short
    keeps what it measured; cases that would start after `--suite_budget_s` are listed as
    skipped, and torch.compile is left out of cases that start after 60% of it.
@@ -100,7 +102,7 @@ def format_tables(results: dict) -> str:
     lines += [
         "",
         "| config | batch | precision | runner | images/s | step ms | 1st step s | peak MiB "
-        "| vs torch | vs torch.compile |",
+        f"| vs torch | vs torch.compile ({results.get('torch_compile_mode', 'default')}) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in results["speed"]:
@@ -167,6 +169,7 @@ def run_suite(
     batch_sizes: tuple[int, ...] = (64, 256),
     precisions: tuple[str, ...] = ("fp32", "bf16"),
     torch_compile: bool | None = None,
+    torch_compile_mode: str = "default",
     windows: int = 5,
     configs: tuple[str, ...] = CONFIGS,
     with_parity: bool = True,
@@ -192,8 +195,10 @@ def run_suite(
         "host_cpu": benchmark._cpu_name(),
         "versions": {},
         "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "fp32_math": "tf32 on both sides (each framework's GPU default; torch matmuls 'high')",
         "budget_s": budget_s,
+        "torch_compile_mode": torch_compile_mode,
         "parity": [],
         "speed": [],
     }
@@ -271,6 +276,7 @@ def run_suite(
                         # torch.compile takes tens of seconds per shape: only while
                         # less than 60% of the budget is spent.
                         torch_compile=torch_compile and elapsed < 0.6 * budget_s,
+                        torch_compile_mode=torch_compile_mode,
                         jax_convolutions=models.FORMULATIONS,
                         min_window_s=0.0 if tiny else 0.2,
                     )
@@ -323,6 +329,7 @@ def main(f) -> None:
         batch_sizes=tuple(int(b) for b in f.suite_batch_sizes),
         precisions=tuple(f.suite_precisions),
         torch_compile=f.torch_compile or None,
+        torch_compile_mode=f.torch_compile_mode,
         with_parity=f.suite_parity,
         diagnose=f.suite_diagnose,
     )

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import digits_features, models, sampling, steps
+from dcgan_jax import digits_features, models, sampling, steps, xla_flags
 from dcgan_jax.state import create_state
 from dcgan_jax.validation import UserError, exit_on_user_error
 
@@ -404,6 +404,7 @@ def plot(results: dict, path: str, width: int = 800, height: int = 520) -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    xla_flags.apply_defaults()
     f = flags.FLAGS
     log = lambda message: print(message, flush=True)
     with exit_on_user_error():

@@ -22,7 +22,7 @@ import urllib.request
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import checkpointing, inception, metrics, report, sampling
+from dcgan_jax import checkpointing, inception, metrics, report, sampling, xla_flags
 from dcgan_jax.validation import (
     FOLDER_PREFIX,
     SCORE_LOGITS,
@@ -314,6 +314,7 @@ def format_results(results: dict) -> str:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    xla_flags.apply_defaults()
     f = flags.FLAGS
     with exit_on_user_error():
         run(f.workdir, f.num_samples, f.step, f.fid_weights, f.inception_score_logits)

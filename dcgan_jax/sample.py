@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import checkpointing, sampling
+from dcgan_jax import checkpointing, sampling, xla_flags
 from dcgan_jax.validation import UserError, exit_on_user_error
 
 
@@ -139,6 +139,7 @@ def interpolate(workdir: str, out: str, num_walks: int, num_steps: int, seed: in
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    xla_flags.apply_defaults()
     f = flags.FLAGS
     with exit_on_user_error():
         if f.interpolate:

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import checkpointing, distributed, guards, models, report, sampling, steps
+from dcgan_jax import checkpointing, distributed, guards, models, report, sampling, steps, xla_flags
 from dcgan_jax.state import GANState, create_state
 from dcgan_jax.validation import (
     UserError,
@@ -396,6 +396,7 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    xla_flags.apply_defaults()
     f = flags.FLAGS
     if f.compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         # Reruns and resumes reuse compiled programs instead of compiling them again.
