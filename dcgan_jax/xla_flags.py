@@ -22,11 +22,13 @@ def _name(flag: str) -> str:
     return flag.split("=", 1)[0]
 
 
-def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> list[str]:
-    """Appends each of `DEFAULTS` that XLA_FLAGS does not name; returns those appended."""
-    current = environ.get("XLA_FLAGS", "").split()
+def with_defaults(flags: str) -> str:
+    """`flags` (an XLA_FLAGS value) with each of `DEFAULTS` appended that it does not name."""
+    current = flags.split()
     named = {_name(flag) for flag in current}
-    added = [flag for flag in DEFAULTS if _name(flag) not in named]
-    if added:
-        environ["XLA_FLAGS"] = " ".join(current + added)
-    return added
+    return " ".join(current + [flag for flag in DEFAULTS if _name(flag) not in named])
+
+
+def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Sets XLA_FLAGS to `with_defaults` of its value."""
+    environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))
