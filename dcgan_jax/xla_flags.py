@@ -3,6 +3,10 @@
 Each CLI calls `apply_defaults()` first thing in `main`, before JAX initialises a backend
 (XLA reads XLA_FLAGS once, then). A flag that XLA_FLAGS already names is left as the user
 set it, so `XLA_FLAGS=--xla_gpu_enable_triton_gemm=true` restores XLA's default.
+
+XLA refuses to start on a flag it does not know ("Unknown flag in XLA_FLAGS"). The tests
+run under these flags too (tests/conftest.py), so a jaxlib that drops one fails them as
+well: remove the flag here then.
 """
 
 from __future__ import annotations
