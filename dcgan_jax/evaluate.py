@@ -167,17 +167,29 @@ def reference_statistics(config, features: metrics.InceptionFeatures, batch_size
     """{"mu", "sigma", "n", "kid_features"} of `config.fid_reference_samples` images of the
     training split (a seeded random subset when the split is larger; see
     `reference_subset`), cached on disk."""
+    cache_dir = config.fid_stats_dir or os.path.join(CACHE_DIR, "fid_stats")
+
+    def cached(count: int) -> dict | None:
+        path = reference_cache_path(config, cache_dir, count, features.fingerprint)
+        if not os.path.isfile(path):
+            return None
+        with np.load(path) as stats:
+            return {key: stats[key] for key in stats.files}
+
+    # The usual case, a split at least as large as the request, is found before the data
+    # is opened: evaluating a checkpoint then needs no TensorFlow (a few seconds of import).
+    stats = cached(config.fid_reference_samples)
+    if stats is not None:
+        return stats
     from dcgan_jax import input_pipeline
 
     source = input_pipeline.source_images(config, 0, 1)
     images, num_examples = source.images, source.num_examples
     count = min(num_examples, config.fid_reference_samples)
+    if count < config.fid_reference_samples and (stats := cached(count)) is not None:
+        return stats
     images = reference_subset(images, num_examples, count)
-    cache_dir = config.fid_stats_dir or os.path.join(CACHE_DIR, "fid_stats")
     path = reference_cache_path(config, cache_dir, count, features.fingerprint)
-    if os.path.isfile(path):
-        with np.load(path) as cached:
-            return {key: cached[key] for key in cached.files}
     batches = (
         batch.astype(np.float32) / 127.5 - 1.0
         for batch in images.take(count).batch(batch_size).as_numpy_iterator()

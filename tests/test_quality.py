@@ -289,11 +289,18 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     with np.load(stats_dir / cached) as stats:
         assert int(stats["n"]) == 20 and stats["sigma"].shape == (2048, 2048)
 
-    # The CLI gives the same numbers for step 4 (same seed, same cached reference).
+    # The CLI gives the same numbers for step 4 (same seed, same cached reference), and with
+    # the reference cached it needs no TensorFlow: importing it fails in this process.
+    block_tensorflow = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None;"
+        "import runpy; sys.argv = sys.argv[1:];"
+        "runpy.run_module('dcgan_jax.evaluate', run_name='__main__')"
+    )
     result = subprocess.run(
         [
             sys.executable,
-            "-m",
+            "-c",
+            block_tensorflow,
             "dcgan_jax.evaluate",
             "--workdir",
             str(workdir),
@@ -353,6 +360,47 @@ def test_reference_statistics_are_keyed_by_the_feature_network(tmp_path):
     }
     assert len(paths) == 3
     assert evaluate.reference_cache_path(config, str(tmp_path), 100, "0123abcd-HIGHEST") in paths
+
+
+class _MeanFeatures:
+    """A stand-in feature network: 3 features per image, counting the images it sees."""
+
+    fingerprint = "stand-in"
+
+    def __init__(self):
+        self.images_seen = 0
+
+    def of_batches(self, batches):
+        axes = (1, 2, 3)
+        per_batch = [np.stack([b.mean(axes), b.std(axes), b.max(axes)], 1) for b in batches]
+        pool3 = np.concatenate(per_batch)
+        self.images_seen += len(pool3)
+        return pool3, None
+
+
+def test_reference_statistics_are_cached_and_found_without_opening_the_data(tmp_path, monkeypatch):
+    from dcgan_jax import input_pipeline
+
+    split = input_pipeline.source_images(tiny_config(), 0, 1).num_examples
+    for requested, expected_n in ((30, 30), (split + 1000, split)):  # a split smaller than asked
+        config = tiny_config(fid_reference_samples=requested, fid_stats_dir=str(tmp_path))
+        features = _MeanFeatures()
+        stats = evaluate.reference_statistics(config, features)
+        assert int(stats["n"]) == expected_n == features.images_seen
+        path = evaluate.reference_cache_path(config, str(tmp_path), expected_n, "stand-in")
+        assert os.path.isfile(path)
+        again = evaluate.reference_statistics(config, features)
+        assert features.images_seen == expected_n  # read from the cache
+        np.testing.assert_array_equal(again["sigma"], stats["sigma"])
+
+    # With the full request cached, the data is not even opened (so evaluating a checkpoint
+    # needs no TensorFlow; the evaluate CLI test checks that in a process without it).
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was opened")
+
+    monkeypatch.setattr(input_pipeline, "source_images", no_data)
+    config = tiny_config(fid_reference_samples=30, fid_stats_dir=str(tmp_path))
+    assert int(evaluate.reference_statistics(config, _MeanFeatures())["n"]) == 30
 
 
 # --- EMA --------------------------------------------------------------------------------
