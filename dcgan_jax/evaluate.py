@@ -29,6 +29,7 @@ from dcgan_jax.validation import (
     UserError,
     describe_error,
     exit_on_user_error,
+    list_image_files,
 )
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "dcgan_jax")
@@ -117,17 +118,16 @@ def features_and_reference(config, weights: str = ""):
     return features, reference_statistics(config, features)
 
 
-def reference_cache_path(config, cache_dir: str, num_images: int, features_id: str) -> str:
+def reference_cache_path(config, cache_dir: str, requested: int, features_id: str) -> str:
     """Where the training split's statistics for this data configuration are cached, keyed
-    by everything that changes them: the data, the subset and the feature network
-    (`features_id`: the weight file's digest and the precision)."""
+    by everything that changes them: the data, the subset (`requested` images, all of a
+    smaller split) and the feature network (`features_id`: the weight file's digest and the
+    precision)."""
     dataset = config.dataset
     if dataset.startswith(FOLDER_PREFIX):
         # Folders are identified by their absolute path and their list of files.
-        from dcgan_jax import input_pipeline
-
         folder = os.path.abspath(dataset[len(FOLDER_PREFIX) :])
-        files = "\n".join(input_pipeline.list_image_files(folder))
+        files = "\n".join(list_image_files(folder))
         digest = hashlib.sha256(f"{folder}\n{files}".encode()).hexdigest()[:16]
         dataset = f"folder-{os.path.basename(folder)}-{digest}"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
@@ -135,7 +135,7 @@ def reference_cache_path(config, cache_dir: str, num_images: int, features_id: s
     # "r": a seeded random subset of the split (earlier caches held its first images).
     features_id = re.sub(r"[^A-Za-z0-9_.-]", "_", features_id)
     return os.path.join(
-        cache_dir, f"{name}_{shape}_crop{config.crop_size}_n{num_images}r_{features_id}.npz"
+        cache_dir, f"{name}_{shape}_crop{config.crop_size}_n{requested}r_{features_id}.npz"
     )
 
 
@@ -167,29 +167,22 @@ def reference_statistics(config, features: metrics.InceptionFeatures, batch_size
     """{"mu", "sigma", "n", "kid_features"} of `config.fid_reference_samples` images of the
     training split (a seeded random subset when the split is larger; see
     `reference_subset`), cached on disk."""
+    # Keyed by the request, not by the count it gave (smaller where the split is smaller), so
+    # that cached statistics are found before the data is opened: evaluating a checkpoint
+    # then needs neither the data nor TensorFlow (a few seconds of import).
     cache_dir = config.fid_stats_dir or os.path.join(CACHE_DIR, "fid_stats")
-
-    def cached(count: int) -> dict | None:
-        path = reference_cache_path(config, cache_dir, count, features.fingerprint)
-        if not os.path.isfile(path):
-            return None
-        with np.load(path) as stats:
-            return {key: stats[key] for key in stats.files}
-
-    # The usual case, a split at least as large as the request, is found before the data
-    # is opened: evaluating a checkpoint then needs no TensorFlow (a few seconds of import).
-    stats = cached(config.fid_reference_samples)
-    if stats is not None:
-        return stats
+    path = reference_cache_path(
+        config, cache_dir, config.fid_reference_samples, features.fingerprint
+    )
+    if os.path.isfile(path):
+        with np.load(path) as cached:
+            return {key: cached[key] for key in cached.files}
     from dcgan_jax import input_pipeline
 
     source = input_pipeline.source_images(config, 0, 1)
     images, num_examples = source.images, source.num_examples
     count = min(num_examples, config.fid_reference_samples)
-    if count < config.fid_reference_samples and (stats := cached(count)) is not None:
-        return stats
     images = reference_subset(images, num_examples, count)
-    path = reference_cache_path(config, cache_dir, count, features.fingerprint)
     batches = (
         batch.astype(np.float32) / 127.5 - 1.0
         for batch in images.take(count).batch(batch_size).as_numpy_iterator()

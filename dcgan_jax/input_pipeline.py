@@ -31,9 +31,11 @@ from dcgan_jax import report
 from dcgan_jax.validation import (
     EPOCH_ORDERS,
     FOLDER_PREFIX,
+    IMAGE_EXTENSIONS,
     UserError,
     describe_error,
     effective_epoch_order,
+    list_image_files,
 )
 
 # TensorFlow only feeds the input pipeline; it must leave accelerator memory to JAX.
@@ -41,9 +43,6 @@ tf.config.set_visible_devices([], "GPU")
 
 # 8x8 scikit-learn digits take values 0..16.
 _DIGITS_MAX_VALUE = 16.0
-
-# What tf.io.decode_image reads (GIFs: the first frame).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 def _to_model_format(
@@ -126,15 +125,6 @@ def _process_share(num_examples: int, process_index: int, process_count: int) ->
     """The contiguous, equal-sized block of examples that one process reads."""
     share = num_examples // process_count
     return slice(process_index * share, (process_index + 1) * share)
-
-
-def list_image_files(directory: str) -> list[str]:
-    """Image files under `directory` (recursively), sorted so every process agrees."""
-    paths = []
-    for root, dirs, files in os.walk(directory, followlinks=True):
-        dirs.sort()
-        paths.extend(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
-    return sorted(paths)
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:

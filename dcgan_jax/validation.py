@@ -13,12 +13,24 @@ from dcgan_jax import default_config
 # (`lsun/<category>` for any LSUN category); `folder:PATH` reads a folder of images.
 DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a", "lsun/<category>")
 FOLDER_PREFIX = "folder:"
+# What a `folder:` dataset reads (tf.io.decode_image's formats; GIFs: the first frame).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 # Each epoch's order (config.epoch_order; see input_pipeline.batched_stream).
 EPOCH_ORDERS = ("permutation", "window")
 # Which logits the Inception Score takes (config.inception_score_logits): "unbiased"
 # (pool3 @ W, as the original IS code and torch-fidelity's default) or "biased" (the fc
 # layer's output, W and its bias).
 SCORE_LOGITS = ("unbiased", "biased")
+
+
+def list_image_files(directory: str) -> list[str]:
+    """Image files under `directory` (recursively), sorted so every process agrees. Here,
+    not in input_pipeline, because the FID cache is keyed by the list without TensorFlow."""
+    paths = []
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        dirs.sort()
+        paths.extend(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(paths)
 
 
 def _is_known_dataset(name) -> bool:

@@ -379,28 +379,48 @@ class _MeanFeatures:
 
 
 def test_reference_statistics_are_cached_and_found_without_opening_the_data(tmp_path, monkeypatch):
+    from PIL import Image
+
     from dcgan_jax import input_pipeline
 
-    split = input_pipeline.source_images(tiny_config(), 0, 1).num_examples
-    for requested, expected_n in ((30, 30), (split + 1000, split)):  # a split smaller than asked
-        config = tiny_config(fid_reference_samples=requested, fid_stats_dir=str(tmp_path))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    digits_split = input_pipeline.source_images(tiny_config(), 0, 1).num_examples
+    cases = [  # (dataset, requested, images in the statistics)
+        ("digits", 30, 30),
+        ("digits", digits_split + 1000, digits_split),  # a split smaller than asked
+        (f"folder:{folder}", 50, 12),
+    ]
+    stats_dir, configs = str(tmp_path / "stats"), []
+    for dataset, requested, expected_n in cases:
+        config = tiny_config(dataset=dataset, fid_reference_samples=requested)
+        config.fid_stats_dir = stats_dir
         features = _MeanFeatures()
         stats = evaluate.reference_statistics(config, features)
         assert int(stats["n"]) == expected_n == features.images_seen
-        path = evaluate.reference_cache_path(config, str(tmp_path), expected_n, "stand-in")
-        assert os.path.isfile(path)
-        again = evaluate.reference_statistics(config, features)
-        assert features.images_seen == expected_n  # read from the cache
-        np.testing.assert_array_equal(again["sigma"], stats["sigma"])
+        assert os.path.isfile(
+            evaluate.reference_cache_path(config, stats_dir, requested, "stand-in")
+        )
+        configs.append((config, stats))
 
-    # With the full request cached, the data is not even opened (so evaluating a checkpoint
+    # Cached, the statistics are found without opening the data (so evaluating a checkpoint
     # needs no TensorFlow; the evaluate CLI test checks that in a process without it).
     def no_data(*args, **kwargs):
         raise AssertionError("the data was opened")
 
     monkeypatch.setattr(input_pipeline, "source_images", no_data)
-    config = tiny_config(fid_reference_samples=30, fid_stats_dir=str(tmp_path))
-    assert int(evaluate.reference_statistics(config, _MeanFeatures())["n"]) == 30
+    for config, stats in configs:
+        features = _MeanFeatures()
+        again = evaluate.reference_statistics(config, features)
+        assert features.images_seen == 0
+        np.testing.assert_array_equal(again["sigma"], stats["sigma"])
+    # A folder whose files change is other data: not found in the cache.
+    Image.fromarray(pixels[0]).save(folder / "new.png")
+    with pytest.raises(AssertionError, match="the data was opened"):
+        evaluate.reference_statistics(configs[-1][0], _MeanFeatures())
 
 
 # --- EMA --------------------------------------------------------------------------------
