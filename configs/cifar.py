@@ -7,10 +7,10 @@ D: 32x32x3 -> 16x16x64 -> 8x8x128 -> 4x4x256 (LeakyReLU 0.2, BatchNorm after the
 -> linear -> 1 logit. 12.1M + 0.66M parameters. TFDS downloads CIFAR-10 (~160 MB) on the
 first run.
 Compute: 20,000 steps x 64 images x 1.92 GFLOP = 2.5 PFLOP. The training step, measured
-(python -m dcgan_jax.benchmark): 34,607 images/s on an H100 (fp32 with TF32; 43,416 with
---config.half_precision=True), i.e. under a minute of steps, so there the input pipeline
-and logging set the pace; 62.8 images/s on a 2-core AMD EPYC (Zen 4) VM (~5.7 hours). A Colab
-T4 has not been measured.
+(python -m dcgan_jax.benchmark): 35,897 images/s on an H100 (fp32 with TF32; 46,061 with
+--config.half_precision=True; JAX alone, with the cuBLAS default), i.e. under a minute of
+steps, so there the input pipeline and logging set the pace; 62.8 images/s on a 2-core AMD
+EPYC (Zen 4) VM (~5.7 hours). A Colab T4 has not been measured.
 """
 
 from dcgan_jax import default_config
