@@ -25,6 +25,17 @@ def train_command(workdir, *args: str, **overrides) -> list[str]:
     ]
 
 
+def without_tensorflow(module: str, *args: str) -> list[str]:
+    """`python -m module args` in a process where importing TensorFlow or TFDS fails: for
+    the entry points that must not need them."""
+    code = (
+        "import runpy, sys; sys.modules['tensorflow'] = None;"
+        "sys.modules['tensorflow_datasets'] = None; sys.argv = sys.argv[1:];"
+        "runpy.run_module(sys.argv[0], run_name='__main__')"
+    )
+    return [sys.executable, "-c", code, module, *args]
+
+
 def digits_config(**overrides):
     """The config that `train_command(workdir, **overrides)` has the CLI build, built in this
     process; locked, so that a misspelt key fails as it does on the command line."""

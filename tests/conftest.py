@@ -4,12 +4,13 @@ import os
 import tempfile
 
 from dcgan_jax import xla_flags  # imports no JAX
+from tests.commands import DEVICE_COUNT_FLAG  # imports no JAX
 
 # Must happen before jax is imported anywhere. The CLIs' default XLA flags too: the
 # in-process tests run as the CLIs do, and their compiled programs stay cache hits for the
 # CLI subprocesses (XLA_FLAGS is part of the compilation cache's key).
 os.environ["XLA_FLAGS"] = xla_flags.with_defaults(
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    os.environ.get("XLA_FLAGS", "") + " " + DEVICE_COUNT_FLAG
 )
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

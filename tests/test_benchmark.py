@@ -1,11 +1,11 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from dcgan_jax import benchmark
+from tests import commands
 from tests.conftest import tiny_config
 
 
@@ -45,12 +45,7 @@ def test_benchmark_cli_writes_json_without_tensorflow(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "bench.json"
     # Importing TensorFlow or TFDS fails inside this process: the benchmark must not need them.
-    code = (
-        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None;"
-        "from absl import app; import runpy; sys.argv = sys.argv[1:];"
-        "runpy.run_module('dcgan_jax.benchmark', run_name='__main__')"
-    )
-    args = [
+    command = commands.without_tensorflow(
         "dcgan_jax.benchmark",
         f"--config={os.path.join(repo, 'configs', 'digits.py')}",
         "--config.g_features=8",
@@ -60,10 +55,8 @@ def test_benchmark_cli_writes_json_without_tensorflow(tmp_path):
         "--steps_per_window=1",
         "--no_torch",
         f"--json={out}",
-    ]
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
     )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "images/s" in result.stdout
     data = json.loads(out.read_text())

@@ -18,6 +18,7 @@ import scipy.linalg
 from dcgan_jax import checkpointing, evaluate, inception, metrics, models, sampling, steps, train
 from dcgan_jax.state import create_state
 from dcgan_jax.validation import UserError
+from tests import commands
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,16 +292,8 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
 
     # The CLI gives the same numbers for step 4 (same seed, same cached reference), and with
     # the reference cached it needs no TensorFlow: importing it fails in this process.
-    block_tensorflow = (
-        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None;"
-        "import runpy; sys.argv = sys.argv[1:];"
-        "runpy.run_module('dcgan_jax.evaluate', run_name='__main__')"
-    )
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            block_tensorflow,
+        commands.without_tensorflow(
             "dcgan_jax.evaluate",
             "--workdir",
             str(workdir),
@@ -308,7 +301,7 @@ def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
             "20",
             "--fid_weights",
             weight_file,
-        ],
+        ),
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -396,8 +389,9 @@ def test_reference_statistics_are_cached_and_found_without_opening_the_data(tmp_
     ]
     stats_dir, configs = str(tmp_path / "stats"), []
     for dataset, requested, expected_n in cases:
-        config = tiny_config(dataset=dataset, fid_reference_samples=requested)
-        config.fid_stats_dir = stats_dir
+        config = tiny_config(
+            dataset=dataset, fid_reference_samples=requested, fid_stats_dir=stats_dir
+        )
         features = _MeanFeatures()
         stats = evaluate.reference_statistics(config, features)
         assert int(stats["n"]) == expected_n == features.images_seen
