@@ -72,12 +72,15 @@ def format_tables(results: dict) -> str:
     lines = [
         f"Device: {results['device']}; host CPU: {results['host_cpu']}",
         f"Versions: {versions}",
-        "",
-        "| parity: config | convolutions | precision | G fwd | D fwd | metrics | gradients "
-        "| params (lr) | fwd <= 1e-5 | grads <= 1e-4 | half-step vs float64: JAX / PyTorch "
-        "| within the tests' bound | kink distance |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if results["parity"]:
+        lines += [
+            "",
+            "| parity: config | convolutions | precision | G fwd | D fwd | metrics | gradients "
+            "| params (lr) | fwd <= 1e-5 | grads <= 1e-4 | half-step vs float64: JAX / PyTorch "
+            "| within the tests' bound | kink distance |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for row in results["parity"]:
         if "error" in row:  # measure's 7 columns
             whole = f"error: {row['error']} ||||||"

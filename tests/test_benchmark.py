@@ -103,6 +103,7 @@ def test_suite_dry_run_writes_json_and_tables(tmp_path):
     assert saved["speed"][0]["frameworks"]["torch"]["images_per_s"] > 0
     table = (tmp_path / "suite.md").read_text()
     assert "| cifar | 2 | fp32 | jax lax |" in table and "Versions:" in table
+    assert "parity:" not in table  # no empty parity table when parity was not measured
 
 
 def test_suite_parity_table_keeps_its_columns_when_a_measurement_fails():
