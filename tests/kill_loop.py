@@ -117,8 +117,13 @@ def run(kills: int, seed: int, root: str, num_steps: int | None = None) -> dict:
             raise AssertionError(
                 f"the run finished after {len(rounds)} rounds; raise num_steps ({num_steps})"
             )
+    # The last restart is not killed: it needs no checkpoint after every step (the interval
+    # is not part of the run's arithmetic, and each write costs more than a tiny step).
     final = subprocess.run(
-        train_command(killed, num_steps), env=env, capture_output=True, text=True
+        train_command(killed, num_steps, checkpoint_every_steps=num_steps),
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if final.returncode != 0:
         raise AssertionError(f"the final restart failed:\n{final.stdout[-2000:]}{final.stderr}")
