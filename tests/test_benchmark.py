@@ -146,6 +146,26 @@ def test_suite_parity_table_keeps_its_columns_when_a_measurement_fails():
     assert "| 4.0e-06 |" in lines[2] and "error: ValueError: b" in lines[2]
 
 
+def test_suite_table_says_where_torch_compile_was_left_out():
+    from dcgan_jax import benchmark_suite
+
+    runner = {"images_per_s": 100.0, "step_ms": 10.0, "first_step_s": 1.0, "peak_memory_mib": 5}
+    head = {"batch_size": 256, "precision": "fp32", "frameworks": {"jax matmul": runner}}
+    results = {
+        "device": "gpu:0",
+        "host_cpu": "cpu",
+        "versions": {"jax": "x"},
+        "parity": [],
+        "speed": [
+            {"config": "cifar", **head},
+            {"config": "celeba", **head, "torch_compile_left_out": "started after 60% of ..."},
+        ],
+    }
+    table = benchmark_suite.format_tables(results)
+    assert "torch.compile left out of celeba batch 256 fp32:" in table
+    assert "cifar batch 256" not in table and "parity:" not in table
+
+
 @pytest.mark.slow
 def test_profile_splits_both_steps_into_the_same_phases():
     pytest.importorskip("torch")
