@@ -139,11 +139,7 @@ class TorchRunner:
         if self.cuda:
             # As pytorch/examples does: cuDNN picks its fastest algorithm per shape.
             torch.backends.cudnn.benchmark = True
-            # fp32 means TF32 matrix units on both sides: XLA's default for float32 dots and
-            # convolutions, cuDNN's for PyTorch's convolutions; PyTorch's float32 matrix
-            # products (the linear layers, and the GEMM rate measured beside the step)
-            # would otherwise run at full float32, several times slower.
-            torch.set_float32_matmul_precision("high")
+            torch_reference.use_tf32_for_speed()
             torch.cuda.synchronize()
             allocated_before = torch.cuda.memory_allocated()
         net_g, net_d, _, _ = torch_reference.build(config)
@@ -409,12 +405,12 @@ def run_benchmark(
             "gflop_per_s": median * flops / 1e9,
         }
     frameworks = results["frameworks"]
+    if torch_side:
+        import torch
+
+        results["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
     if gemm_size:
         results["gemm_gflop_per_s"] = gemm_gflop_per_s(gemm_size, torch_side=torch_side)
-        if torch_side:
-            import torch
-
-            results["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
         for name, r in frameworks.items():
             side = "jax" if name.startswith("jax") else "torch"
             r["share_of_gemm"] = r["gflop_per_s"] / results["gemm_gflop_per_s"][side]

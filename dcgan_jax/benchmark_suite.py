@@ -34,7 +34,7 @@ import traceback
 
 import jax
 
-from dcgan_jax import benchmark, default_config, models, parity
+from dcgan_jax import benchmark, default_config, models, parity, torch_reference
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 CONFIGS = ("cifar", "celeba")
@@ -201,7 +201,7 @@ def run_suite(
     if tiny:
         batch_sizes = tuple(max(2, b // 16) for b in batch_sizes)
     # fp32 speed: TF32 on both sides (see the module docstring).
-    torch.set_float32_matmul_precision("high")
+    torch_reference.use_tf32_for_speed()
     torch.backends.cudnn.allow_tf32 = True
     names, configs = configs, suite_configs(tiny)
     results = {

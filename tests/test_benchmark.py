@@ -33,6 +33,8 @@ def test_benchmark_runs_both_sides_and_reports():
     assert len(results["frameworks"]["jax"]["images_per_s_windows"]) == 2
     # Each framework's GEMM rate, and the share of it each step reaches.
     assert set(results["gemm_gflop_per_s"]) == {"jax", "torch"}
+    # TF32 for PyTorch's float32 products is set on CUDA only; the CPU keeps full float32.
+    assert results["torch_float32_matmul_precision"] == "highest"
     for side in ("jax", "torch"):
         share = results[f"{side}_share_of_gemm"]
         rate = results["frameworks"][side]["gflop_per_s"]
