@@ -202,7 +202,6 @@ def run_suite(
         batch_sizes = tuple(max(2, b // 16) for b in batch_sizes)
     # fp32 speed: TF32 on both sides (see the module docstring).
     torch_reference.use_tf32_for_speed()
-    torch.backends.cudnn.allow_tf32 = True
     names, configs = configs, suite_configs(tiny)
     results = {
         "device": ", ".join(_describe_devices()),
