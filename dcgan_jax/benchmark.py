@@ -80,10 +80,11 @@ class JaxRunner:
         per_device = batch.reshape(len(devices), -1, *batch.shape[1:])
         self.batch = jax.device_put(per_device, train.device_sharding(devices))
         p_step = train.make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
+        self.step, self.compiled = p_step, None
         try:
-            self.step = p_step.lower(state, self.batch).compile()
+            self.compiled = p_step.compile(state, self.batch)
         except Exception:  # pmap's ahead-of-time path differs between JAX versions
-            self.step = p_step
+            pass
         self.state, self.metrics = state, None
 
     def run(self, num_steps: int) -> None:
@@ -95,7 +96,7 @@ class JaxRunner:
         """The compiled step's device memory: its arguments (the state and the batch), its
         temporaries and its outputs, less the outputs that reuse donated arguments."""
         try:
-            m = self.step.memory_analysis()  # AttributeError without the AOT path
+            m = self.compiled.memory_analysis()  # AttributeError without the AOT path
             if isinstance(m, (list, tuple)):
                 m = m[0]
             total = (

@@ -1,6 +1,8 @@
 """Test setup: two fake CPU devices, so the pmap code paths run on any machine."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 from dcgan_jax import xla_flags  # imports no JAX
@@ -16,9 +18,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole session, inherited by the subprocesses
 # the tests start: the same small programs are compiled once, not in every process.
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="dcgan_jax_tests_jax_cache_")
-)
+# Removed when the process that made it exits (after the workers and subprocesses that
+# inherited it): one session's programs are of no use to the next.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="dcgan_jax_tests_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # Only now, with the environment above in place.

@@ -62,6 +62,35 @@ def test_training_changes_both_networks_and_batch_stats():
     assert np.all(np.isfinite([v for v in metrics.values()]))
 
 
+def test_step_leaves_its_input_usable_and_passes_unchanged_parts_through():
+    """Nothing is donated: the state a step read stays valid (the same step from it again
+    gives the same state), and what the step does not change is the caller's own arrays."""
+    devices = jax.local_devices()[:2]
+    batch = _images(8).reshape(2, 4, 16, 16, 1)
+    state = train.replicate(train.init_state(tiny_config(batch_size=8)), devices)
+    p_step = train.make_p_train_step(devices)
+    first, _ = p_step(state, batch)
+    again, _ = p_step(state, batch)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(again), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert int(first.step[0]) == 1 and int(state.step[0]) == 0
+    assert first.rng is state.rng and first.fixed_noise is state.fixed_noise
+    assert first.ema_params is state.ema_params  # the EMA is off: not touched
+
+    ema_state = train.replicate(train.init_state(tiny_config(batch_size=8, ema_decay=0.5)), devices)
+    with_ema, _ = train.make_p_train_step(devices, update_ema=True)(ema_state, batch)
+    # ema <- 0.5 * ema + 0.5 * params (the EMA starts at the initial parameters)
+    for ema, old, new in zip(
+        jax.tree_util.tree_leaves(with_ema.ema_params),
+        jax.tree_util.tree_leaves(ema_state.ema_params),
+        jax.tree_util.tree_leaves(with_ema.generator.params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(ema, 0.5 * np.asarray(old) + 0.5 * np.asarray(new), atol=1e-7)
+
+
 def test_half_precision_step_keeps_float32_state_and_close_metrics():
     from dcgan_jax import models, steps
     from dcgan_jax.state import create_state
