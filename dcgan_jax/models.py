@@ -89,14 +89,19 @@ def _matmul_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
     batch, height, width, c_in = x.shape
     c_out = kernel.shape[-1]
     taps = kernel.transpose(2, 0, 1, 3).reshape(c_in, 16 * c_out)
-    y = (x.reshape(-1, c_in) @ taps).reshape(batch, height, width, 4, 4, c_out)
+    y = (x.reshape(-1, c_in) @ taps).reshape(batch, height, width, 16, c_out)
+    # The 16 tap planes by one split, whose gradient is one concatenation. Indexed one by
+    # one, each plane's gradient is a zero-padded copy of all 16, summed: XLA:CPU computed
+    # every element of the 16*O-wide gradient from 16 pads and 15 adds (90 ms of the celeba
+    # step for one layer's 64 MiB); the same values, the step 1.10x faster (cifar, celeba).
+    planes = [plane[:, :, :, 0] for plane in jnp.split(y, 16, axis=3)]
     rows = []
     for a in range(2):
         cols = []
         for b in range(2):
             cols.append(
                 sum(
-                    _shifted(y[:, :, :, kh, kw], i, j)
+                    _shifted(planes[4 * kh + kw], i, j)
                     for kh, i in _PHASE_TAPS[a]
                     for kw, j in _PHASE_TAPS[b]
                 )
