@@ -94,7 +94,8 @@ class JaxRunner:
 
     def peak_memory_bytes(self) -> int | None:
         """The compiled step's device memory: its arguments (the state and the batch), its
-        temporaries and its outputs, less the outputs that reuse donated arguments."""
+        temporaries and its outputs (less any output that reuses an argument's buffer; the
+        step donates none)."""
         try:
             m = self.compiled.memory_analysis()  # AttributeError without the AOT path
             if isinstance(m, (list, tuple)):

@@ -76,7 +76,9 @@ class TrainStep:
 
     def compile(self, state: GANState, batch):
         """Compiles ahead of time for these shapes (later calls use it) and returns the
-        compiled executable (for its `memory_analysis()`)."""
+        compiled executable (for its `memory_analysis()`). One process only: a compiled
+        pmap skips the conversion between host-local and global arrays that several
+        processes need (the training loop compiles on the first call instead)."""
         self._compiled = self._changes.lower(state, batch).compile()
         return self._compiled
 
