@@ -108,6 +108,17 @@ def test_suite_dry_run_writes_json_and_tables(tmp_path):
     assert "parity:" not in table  # no empty parity table when parity was not measured
 
 
+def _suite_results(parity=(), speed=()) -> dict:
+    """A suite results dict around the given parity rows and speed cases."""
+    return {
+        "device": "gpu:0",
+        "host_cpu": "cpu",
+        "versions": {"jax": "x"},
+        "parity": list(parity),
+        "speed": list(speed),
+    }
+
+
 def test_suite_parity_table_keeps_its_columns_when_a_measurement_fails():
     from dcgan_jax import benchmark_suite
 
@@ -128,17 +139,13 @@ def test_suite_parity_table_keeps_its_columns_when_a_measurement_fails():
         "kink_distance": 2e-8,
     }
     head = {"config": "cifar", "convolutions": "lax", "precision": "highest"}
-    results = {
-        "device": "gpu:0",
-        "host_cpu": "cpu",
-        "versions": {"jax": "x"},
-        "speed": [],
-        "parity": [
+    results = _suite_results(
+        parity=[
             {**head, **measured, "half_step": half},
             {**head, "error": "RuntimeError: a", "half_step": half},
             {**head, **measured, "half_step": {"error": "ValueError: b"}},
-        ],
-    }
+        ]
+    )
     table = benchmark_suite.format_tables(results).splitlines()
     lines = [line for line in table if "| cifar" in line]
     header = next(line for line in table if "parity:" in line)
@@ -153,16 +160,12 @@ def test_suite_table_says_where_torch_compile_was_left_out():
 
     runner = {"images_per_s": 100.0, "step_ms": 10.0, "first_step_s": 1.0, "peak_memory_mib": 5}
     head = {"batch_size": 256, "precision": "fp32", "frameworks": {"jax matmul": runner}}
-    results = {
-        "device": "gpu:0",
-        "host_cpu": "cpu",
-        "versions": {"jax": "x"},
-        "parity": [],
-        "speed": [
+    results = _suite_results(
+        speed=[
             {"config": "cifar", **head},
             {"config": "celeba", **head, "torch_compile_left_out": "started after 60% of ..."},
-        ],
-    }
+        ]
+    )
     table = benchmark_suite.format_tables(results)
     assert "torch.compile left out of celeba batch 256 fp32:" in table
     assert "cifar batch 256" not in table and "parity:" not in table
