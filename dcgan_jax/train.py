@@ -83,7 +83,8 @@ class TrainStep:
         return self._compiled
 
     def __call__(self, state: GANState, batch) -> tuple[GANState, dict]:
-        changes, metrics = (self._compiled or self._changes)(state, batch)
+        step = self._changes if self._compiled is None else self._compiled
+        changes, metrics = step(state, batch)
         ema_params = state.ema_params if changes.ema_params is None else changes.ema_params
         state = state.replace(
             generator=changes.generator,
