@@ -50,10 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
     # without bias, as in pytorch/examples dcgan).
     config.d_head = "linear"
     # How the stride-2 (transposed) convolutions are computed: "matmul" (as matrix
-    # products: much faster under XLA:CPU), "lax" (XLA's native convolutions: cuDNN on GPUs)
-    # or "auto" (the one measured faster on the backend in use; see the README's speed
-    # section). The same function either way: results agree to rounding, and checkpoints
-    # move freely between the two.
+    # products: much faster under XLA:CPU), "lax" (XLA's native convolutions: cuDNN on GPUs),
+    # "mixed" ("matmul", but D's wider layers take XLA's native convolution except for their
+    # input gradient: faster still on XLA:CPU) or "auto" (the one measured faster on the
+    # backend in use; see the README's speed section). The same function either way:
+    # results agree to rounding, and checkpoints move freely between them.
     config.convolutions = "auto"
     # bfloat16 activations and convolutions (parameters, BatchNorm statistics and the
     # optimiser stay float32). For GPUs and TPUs; slower on most CPUs.

@@ -8,8 +8,11 @@ magnitude slower than a matrix product, so `UpConv` evaluates its 4x4 stride-2 t
 convolution as one matrix product plus shifted adds and `DownConv` its strided convolution
 as space-to-depth, im2col and one matrix product; both are exactly equivalent (the same
 multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation instead (on
-GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); the tests check that
-the two agree. `resolve_convolutions` picks one per backend for `config.convolutions="auto"`.
+GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); `"mixed"` is `matmul`
+except in D's wider layers, which take XLA's native convolution for the output and the
+kernel gradient and the matrix product's input gradient (faster on XLA:CPU). The tests
+check that all three agree. `resolve_convolutions` picks one per backend for
+`config.convolutions="auto"`.
 """
 
 from __future__ import annotations
@@ -143,6 +146,47 @@ def _matmul_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return (patches.reshape(-1, 16 * c_in) @ folded).reshape(batch, h_out, w_out, c_out)
 
 
+@jax.custom_vjp
+def _native_strided_conv_matmul_input_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Conv2d(4, stride=2, padding=1): XLA's own convolution for the output and the kernel
+    gradient, the matrix-product formulation's for the input gradient.
+
+    On XLA:CPU the native convolution computes the output and the kernel gradient of D's
+    wider layers without an im2col buffer in memory (1.3-2x faster per layer than building
+    one), but its input gradient (a convolution with a dilated input) is slower than the
+    matrix product's, which needs no im2col buffer either.
+    """
+    return _pytorch_strided_conv(x, kernel)
+
+
+def _native_conv_fwd(x, kernel):
+    return _pytorch_strided_conv(x, kernel), (x, kernel)
+
+
+def _native_conv_bwd(residuals, grad):
+    x, kernel = residuals
+    # Where the kernel gradient is not used (D's pass in G's update) XLA removes its
+    # computation; the matrix product's forward pass, unused here, is removed too.
+    _, input_pullback = jax.vjp(lambda x: _matmul_strided_conv(x, kernel), x)
+    _, kernel_pullback = jax.vjp(lambda kernel: _pytorch_strided_conv(x, kernel), kernel)
+    return input_pullback(grad)[0], kernel_pullback(grad)[0]
+
+
+_native_strided_conv_matmul_input_grad.defvjp(_native_conv_fwd, _native_conv_bwd)
+
+
+def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Conv2d(4, stride=2, padding=1), each layer by what XLA:CPU runs faster: the native
+    convolution with the matrix product's input gradient where the input is at least 16x16
+    and wider than an image's 1-3 channels, the matrix-product formulation on the others
+    (on an 8x8 input or on the image itself the native output pass is the slower one,
+    measured per layer; README, "Speed")."""
+    _, height, width, c_in = x.shape
+    if min(height, width) >= 16 and c_in > 3:
+        return _native_strided_conv_matmul_input_grad(x, kernel)
+    return _matmul_strided_conv(x, kernel)
+
+
 def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
     """The module's (4, 4, in, features) kernel, DCGAN-initialised, in `x`'s dtype."""
     shape = (KERNEL_SIZE, KERNEL_SIZE, x.shape[-1], features)
@@ -150,22 +194,34 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
 
 
 # The two formulations of each strided convolution: the same function, different kernels.
-FORMULATIONS = ("matmul", "lax")
-_UP_CONV = {"matmul": _matmul_conv_transpose, "lax": _pytorch_conv_transpose}
-_DOWN_CONV = {"matmul": _matmul_strided_conv, "lax": _pytorch_strided_conv}
+# "mixed" differs from "matmul" in D only: G's transposed convolutions are matrix products
+# in both (XLA:CPU's native kernel gradient of a transposed convolution is 40-80x slower).
+FORMULATIONS = ("matmul", "mixed", "lax")
+_UP_CONV = {
+    "matmul": _matmul_conv_transpose,
+    "mixed": _matmul_conv_transpose,
+    "lax": _pytorch_conv_transpose,
+}
+_DOWN_CONV = {
+    "matmul": _matmul_strided_conv,
+    "mixed": _mixed_strided_conv,
+    "lax": _pytorch_strided_conv,
+}
 
 # What `convolutions="auto"` picks on each backend: the formulation measured faster there
 # (README, "Speed"). TPU keeps XLA's native convolutions without a measurement.
-AUTO_CONVOLUTIONS = {"cpu": "matmul", "gpu": "matmul", "tpu": "lax"}
+AUTO_CONVOLUTIONS = {"cpu": "mixed", "gpu": "matmul", "tpu": "lax"}
 
 
 def resolve_convolutions(choice: str, backend: str | None = None) -> str:
-    """The formulation ("matmul" or "lax") that `config.convolutions=choice` means on
-    `backend` (default: JAX's default backend)."""
+    """The formulation ("matmul", "mixed" or "lax") that `config.convolutions=choice` means
+    on `backend` (default: JAX's default backend)."""
     if choice in FORMULATIONS:
         return choice
     if choice != "auto":
-        raise ValueError(f"convolutions must be 'auto', 'matmul' or 'lax', got {choice!r}.")
+        raise ValueError(
+            f"convolutions must be 'auto', 'matmul', 'mixed' or 'lax', got {choice!r}."
+        )
     backend = backend or jax.default_backend()
     return AUTO_CONVOLUTIONS.get("gpu" if backend in ("cuda", "rocm") else backend, "lax")
 
@@ -287,7 +343,7 @@ class Generator(nn.Module):
     image_size: int
     channels: int
     base_features: int
-    convolutions: str = "matmul"  # "matmul" or "lax" (see resolve_convolutions)
+    convolutions: str = "matmul"  # "matmul", "mixed" or "lax" (see resolve_convolutions)
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
 
@@ -314,7 +370,7 @@ class Discriminator(nn.Module):
     image_size: int
     base_features: int
     head: str = "conv"
-    convolutions: str = "matmul"  # "matmul" or "lax" (see resolve_convolutions)
+    convolutions: str = "matmul"  # "matmul", "mixed" or "lax" (see resolve_convolutions)
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
 

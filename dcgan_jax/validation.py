@@ -201,8 +201,8 @@ def _field_problem(key: str, value) -> str | None:
             "must be 'process_shares' or 'global_batches'. "
             "Fix: --config.input_sharding=process_shares"
         )
-    if key == "convolutions" and value not in ("auto", "matmul", "lax"):
-        return "must be 'auto', 'matmul' or 'lax'. Fix: --config.convolutions=auto"
+    if key == "convolutions" and value not in ("auto", "matmul", "mixed", "lax"):
+        return "must be 'auto', 'matmul', 'mixed' or 'lax'. Fix: --config.convolutions=auto"
     if key == "sample_batchnorm" and value not in ("running", "batch"):
         return "must be 'running' or 'batch'. Fix: --config.sample_batchnorm=running"
     if key == "epoch_order" and value not in EPOCH_ORDERS:

@@ -99,7 +99,7 @@ def test_suite_dry_run_writes_json_and_tables(tmp_path):
         windows=1,
     )
     (case,) = results["speed"]
-    assert set(case["frameworks"]) == {"jax matmul", "jax lax", "torch"}
+    assert set(case["frameworks"]) == {"jax matmul", "jax mixed", "jax lax", "torch"}
     assert case["batch_size"] == 2 and case["model"]["image_size"] == 32
     saved = json.loads((tmp_path / "suite.json").read_text())
     assert saved["speed"][0]["frameworks"]["torch"]["images_per_s"] > 0

@@ -30,24 +30,29 @@ def test_fast_up_conv_equals_dilated_conv(height, width):
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("height,width", [(8, 8), (4, 6), (16, 2)])
-def test_fast_down_conv_equals_strided_conv(height, width):
+@pytest.mark.parametrize("formulation", ["matmul", "mixed"])
+@pytest.mark.parametrize("height,width,c_in", [(8, 8, 3), (4, 6, 3), (16, 2, 3), (16, 16, 5)])
+def test_fast_down_conv_equals_strided_conv(formulation, height, width, c_in):
     k1, k2 = jax.random.split(jax.random.PRNGKey(height * 10 + width))
-    x = jax.random.normal(k1, (2, height, width, 3))
-    kernel = jax.random.normal(k2, (4, 4, 3, 6))
-    fast = models._matmul_strided_conv(x, kernel)
+    x = jax.random.normal(k1, (2, height, width, c_in))
+    kernel = jax.random.normal(k2, (4, 4, c_in, 6))
+    fast = models._DOWN_CONV[formulation](x, kernel)
     reference = models._pytorch_strided_conv(x, kernel)
     assert fast.shape == (2, height // 2, width // 2, 6)
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_fast_convs_have_equal_gradients():
+# (16, 16, 5): "mixed" takes XLA's native convolution with the matrix product's input
+# gradient (a custom VJP); (4, 4, 3): the matrix-product formulation.
+@pytest.mark.parametrize("height,width,c_in", [(4, 4, 3), (16, 16, 5)])
+def test_fast_convs_have_equal_gradients(height, width, c_in):
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    x = jax.random.normal(k1, (2, 4, 4, 3))
-    kernel = jax.random.normal(k2, (4, 4, 3, 5))
+    x = jax.random.normal(k1, (2, height, width, c_in))
+    kernel = jax.random.normal(k2, (4, 4, c_in, 5))
     for fast, slow in [
         (models._matmul_conv_transpose, models._pytorch_conv_transpose),
         (models._matmul_strided_conv, models._pytorch_strided_conv),
+        (models._mixed_strided_conv, models._pytorch_strided_conv),
     ]:
         loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
         g_fast = jax.grad(loss(fast), argnums=(0, 1))(x, kernel)
@@ -127,11 +132,11 @@ def test_batchnorm_tracks_unbiased_variance_with_pytorch_momentum():
 
 
 def test_auto_convolutions_follow_the_backend_measurements():
-    assert models.resolve_convolutions("auto", "cpu") == "matmul"
+    assert models.resolve_convolutions("auto", "cpu") == "mixed"
     assert models.resolve_convolutions("auto", "cuda") == models.AUTO_CONVOLUTIONS["gpu"]
     assert models.resolve_convolutions("auto", "tpu") == "lax"
     assert models.resolve_convolutions("lax", "cpu") == "lax"
-    with pytest.raises(ValueError, match="'auto', 'matmul' or 'lax'"):
+    with pytest.raises(ValueError, match="'auto', 'matmul', 'mixed' or 'lax'"):
         models.resolve_convolutions("fast", "cpu")
 
 
