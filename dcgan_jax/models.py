@@ -153,8 +153,8 @@ def _native_strided_conv_matmul_input_grad(x: jax.Array, kernel: jax.Array) -> j
 
     On XLA:CPU the native convolution computes the output and the kernel gradient of D's
     wider layers without an im2col buffer in memory (1.3-2x faster per layer than building
-    one), but its input gradient (a convolution with a dilated input) is slower than the
-    matrix product's, which needs no im2col buffer either.
+    one, at batches up to 64), but its input gradient (a convolution with a dilated input)
+    is slower than the matrix product's, which needs no im2col buffer either.
     """
     return _pytorch_strided_conv(x, kernel)
 
@@ -195,7 +195,7 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
     return module.param("kernel", dcgan_kernel_init, shape).astype(x.dtype)
 
 
-# The two formulations of each strided convolution: the same function, different kernels.
+# The formulations of each strided convolution: the same function, different kernels.
 # "mixed" differs from "matmul" in D only: G's transposed convolutions are matrix products
 # in both (XLA:CPU's native kernel gradient of a transposed convolution is 40-80x slower).
 FORMULATIONS = ("matmul", "mixed", "lax")
