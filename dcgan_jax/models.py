@@ -182,7 +182,8 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     matrix-product formulation on the others. Measured per layer (README, "Speed"): on an
     8x8 input or on the image itself the native output pass is the slower one, and at a
     batch of 256 XLA:CPU's native kernel gradient is 1.3-2.2x slower than the matrix
-    product's (the whole step 0.80x at celeba batch 256), while at 16 and 64 it is faster."""
+    product's (the whole celeba step 0.80x at batch 256, 0.91x at 128), while at 16 and 64
+    it is faster."""
     batch, height, width, c_in = x.shape
     if batch <= 64 and min(height, width) >= 16 and c_in > 3:
         return _native_strided_conv_matmul_input_grad(x, kernel)
