@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dcgan_jax.validation import CONVOLUTIONS
+
 # DCGAN initialisation (Radford et al., section 4): weights from N(0, 0.02).
 dcgan_kernel_init = nn.initializers.normal(stddev=0.02)
 
@@ -199,7 +201,7 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
 # The formulations of each strided convolution: the same function, different kernels.
 # "mixed" differs from "matmul" in D only: G's transposed convolutions are matrix products
 # in both (XLA:CPU's native kernel gradient of a transposed convolution is 40-80x slower).
-FORMULATIONS = ("matmul", "mixed", "lax")
+FORMULATIONS = CONVOLUTIONS
 _UP_CONV = {
     "matmul": _matmul_conv_transpose,
     "mixed": _matmul_conv_transpose,

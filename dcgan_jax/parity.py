@@ -253,9 +253,7 @@ def measure(config, convolutions: str, precision: str = "highest", seed: int = 0
 
 
 def float64_gradient_errors(
-    config,
-    seed: int = 0,
-    sides=(("matmul", "highest"), ("mixed", "highest"), ("lax", "highest")),
+    config, seed: int = 0, sides=tuple((c, "highest") for c in models.FORMULATIONS)
 ) -> dict[str, dict[str, float]]:
     """Per-tensor gradient errors of each side against the float64 truth.
 

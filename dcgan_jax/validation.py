@@ -21,6 +21,9 @@ EPOCH_ORDERS = ("permutation", "window")
 # (pool3 @ W, as the original IS code and torch-fidelity's default) or "biased" (the fc
 # layer's output, W and its bias).
 SCORE_LOGITS = ("unbiased", "biased")
+# How the strided convolutions are computed (config.convolutions, besides "auto"; see
+# models.resolve_convolutions).
+CONVOLUTIONS = ("matmul", "mixed", "lax")
 
 
 def list_image_files(directory: str) -> list[str]:
@@ -201,7 +204,7 @@ def _field_problem(key: str, value) -> str | None:
             "must be 'process_shares' or 'global_batches'. "
             "Fix: --config.input_sharding=process_shares"
         )
-    if key == "convolutions" and value not in ("auto", "matmul", "mixed", "lax"):
+    if key == "convolutions" and value not in ("auto", *CONVOLUTIONS):
         return "must be 'auto', 'matmul', 'mixed' or 'lax'. Fix: --config.convolutions=auto"
     if key == "sample_batchnorm" and value not in ("running", "batch"):
         return "must be 'running' or 'batch'. Fix: --config.sample_batchnorm=running"
