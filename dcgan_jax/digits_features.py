@@ -224,9 +224,8 @@ class DigitsEvaluation:
         """FDD against the training half and the digits Inception Score of `images`
         (float32 in [-1, 1])."""
         features, logits = self.features.of_array(images)
-        stats = metrics.feature_statistics(features)
-        fdd = metrics.frechet_distance(
-            stats["mu"], stats["sigma"], self.reference["mu"], self.reference["sigma"]
+        fdd = metrics.frechet_distance_of_features(
+            features, self.reference["mu"], self.reference["sigma"]
         )
         is_mean, is_std = metrics.inception_score(logits)
         return {"fdd": fdd, "is": is_mean, "is_std": is_std, "num_samples": len(images)}

@@ -221,8 +221,7 @@ def evaluate_generator(
         )
     )
     pool3, logits = features.of_batches(batches)
-    stats = metrics.feature_statistics(pool3)
-    fid = metrics.frechet_distance(stats["mu"], stats["sigma"], reference["mu"], reference["sigma"])
+    fid = metrics.frechet_distance_of_features(pool3, reference["mu"], reference["sigma"])
     is_mean, is_std = metrics.inception_score(logits, INCEPTION_SCORE_SPLITS)
     kid_mean, kid_std = metrics.kernel_inception_distance(pool3, reference["kid_features"])
     return {

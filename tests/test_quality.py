@@ -49,6 +49,43 @@ def test_frechet_distance_matches_scipy_and_is_zero_for_identical_sets():
     assert abs(fd - 4.0 * 48) < 1e-6
 
 
+def test_frechet_distance_of_fewer_features_than_dimensions_is_the_exact_value(seed):
+    """With n - 1 < d features the trace term comes from an (n - 1) x (n - 1) matrix (the
+    evaluation's path at small sample counts): the same value, to float64 rounding, as the
+    nuclear norm of C S^(1/2) (C the centred features / sqrt(n - 1)), an independent route;
+    frechet_distance of the statistics differs from it only by the square roots of its d -
+    n + 1 eigenvalues that are zero but for rounding (each below sqrt(d eps ||M||))."""
+    rng = np.random.default_rng(seed)
+    d = 48
+    reference = metrics.feature_statistics(rng.standard_normal((600, d)) * 0.7 + 0.2)
+    root = scipy.linalg.sqrtm(reference["sigma"]).real
+    eps = np.finfo(np.float64).eps
+    for n in (2, 20, d):
+        features = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) * 0.4 + 0.3
+        ours = metrics.frechet_distance_of_features(features, reference["mu"], reference["sigma"])
+        stats = metrics.feature_statistics(features)
+        centred = (features - stats["mu"]) / np.sqrt(n - 1)
+        diff = stats["mu"] - reference["mu"]
+        exact = (
+            diff @ diff
+            + np.trace(reference["sigma"])
+            + np.trace(stats["sigma"])
+            - 2 * np.linalg.svd(centred @ root, compute_uv=False).sum()
+        )
+        assert abs(ours - exact) <= 1e-10 * exact, n
+        full = metrics.frechet_distance(
+            stats["mu"], stats["sigma"], reference["mu"], reference["sigma"]
+        )
+        middle_norm = np.linalg.norm(root @ stats["sigma"] @ root, 2)
+        assert abs(full - exact) <= 2 * (d - n + 1) * np.sqrt(d * eps * middle_norm), n
+    # As many features as dimensions or more: exactly frechet_distance of their statistics.
+    features = rng.standard_normal((d + 1, d))
+    stats = metrics.feature_statistics(features)
+    assert metrics.frechet_distance_of_features(
+        features, reference["mu"], reference["sigma"]
+    ) == metrics.frechet_distance(stats["mu"], stats["sigma"], reference["mu"], reference["sigma"])
+
+
 def test_inception_score_extremes():
     # Confident and spread over 1008 classes: the score is the number of classes per split.
     confident = np.full((1008 * 10, 1008), -50.0)
