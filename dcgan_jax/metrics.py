@@ -6,7 +6,9 @@ the statistics are computed on the host in float64:
 - FID (Heusel et al. 2017, as pytorch-fid / TTUR): ||mu1 - mu2||^2 + Tr(S1 + S2 -
   2 (S1 S2)^(1/2)) from means and covariances of pool3 features; the trace of the matrix
   square root comes from the eigenvalues of S1^(1/2) S2 S1^(1/2), which are real and
-  non-negative, so no complex parts need discarding.
+  non-negative, so no complex parts need discarding. From fewer generated samples than
+  dimensions (`frechet_distance_of_features`), the same eigenvalues come from an n x n
+  matrix of the samples.
 - Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) over 10 splits, from
   the softmax of the 2015 graph's 1008 logits (by default pool3 @ W without the fc bias, as
   the original code and torch-fidelity); mean and standard deviation of the splits.
@@ -43,6 +45,13 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
 
 
+def _trace_of_sqrt(matrix: np.ndarray) -> float:
+    """Tr(M^(1/2)) of a symmetric positive semi-definite M, from its eigenvalues (rounding's
+    negative ones taken as 0)."""
+    eigenvalues = np.linalg.eigvalsh((matrix + matrix.T) / 2)
+    return float(np.sum(np.sqrt(np.clip(eigenvalues, 0, None))))
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """The Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2), float64."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
@@ -50,10 +59,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}")
     root1 = _psd_sqrt(sigma1)
-    middle = root1 @ sigma2 @ root1
-    trace_sqrt_product = np.sum(
-        np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None))
-    )
+    trace_sqrt_product = _trace_of_sqrt(root1 @ sigma2 @ root1)
     diff = mu1 - mu2
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product
     return float(max(value, 0.0))  # rounding can leave -1e-12 for identical statistics
@@ -88,10 +94,7 @@ def frechet_distance_of_features(features: np.ndarray, mu, sigma) -> float:
     if mu.shape != (d,) or sigma.shape != (d, d):
         raise ValueError(f"statistics of different sizes: {(d,)} vs {mu.shape}")
     centred = _helmert_rows(n) @ features / np.sqrt(n - 1)
-    middle = centred @ sigma @ centred.T
-    trace_sqrt_product = np.sum(
-        np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None))
-    )
+    trace_sqrt_product = _trace_of_sqrt(centred @ sigma @ centred.T)
     diff = features.mean(axis=0) - mu
     value = diff @ diff + np.trace(sigma) + np.sum(centred**2) - 2.0 * trace_sqrt_product
     return float(max(value, 0.0))
