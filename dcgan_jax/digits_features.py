@@ -5,10 +5,11 @@ convolutional classifier, trained by this module in JAX on a fixed half of sciki
 1,797 digits (at the config's resolution and channels, converted exactly as training sees
 them), gives
 
-- the **Frechet Digits Distance (FDD)**: the Frechet distance (`metrics.frechet_distance`,
-  the same code as FID) between Gaussians fitted to its penultimate activations of
-  generated and of real digits; the real statistics are those of the classifier's training
-  half, so the other (held-out) half gives the floor a perfect generator would reach;
+- the **Frechet Digits Distance (FDD)**: the Frechet distance
+  (`metrics.frechet_distance_of_features`, the same code as FID) between Gaussians fitted
+  to its penultimate activations of generated and of real digits; the real statistics are
+  those of the classifier's training half, so the other (held-out) half gives the floor a
+  perfect generator would reach;
 - a **digits Inception Score** from its softmax over the 10 classes (at most 10).
 
 The classifier is deterministic from its seed and cached as an .npz after its first

@@ -7,8 +7,8 @@ the statistics are computed on the host in float64:
   2 (S1 S2)^(1/2)) from means and covariances of pool3 features; the trace of the matrix
   square root comes from the eigenvalues of S1^(1/2) S2 S1^(1/2), which are real and
   non-negative, so no complex parts need discarding. From fewer generated samples than
-  dimensions (`frechet_distance_of_features`), the same eigenvalues come from an n x n
-  matrix of the samples.
+  dimensions (`frechet_distance_of_features`), the same eigenvalues come from an
+  (n - 1) x (n - 1) matrix of the samples.
 - Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) over 10 splits, from
   the softmax of the 2015 graph's 1008 logits (by default pool3 @ W without the fc bias, as
   the original code and torch-fidelity); mean and standard deviation of the splits.
@@ -57,7 +57,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}")
+        raise ValueError(
+            f"statistics of different sizes: mu {mu1.shape} and {mu2.shape}, sigma "
+            f"{sigma1.shape} and {sigma2.shape}"
+        )
     root1 = _psd_sqrt(sigma1)
     trace_sqrt_product = _trace_of_sqrt(root1 @ sigma2 @ root1)
     diff = mu1 - mu2
@@ -82,8 +85,13 @@ def frechet_distance_of_features(features: np.ndarray, mu, sigma) -> float:
     nonzero eigenvalues of the (n - 1) x (n - 1) matrix C S C^T: the trace term comes from
     that instead of two d x d eigendecompositions (pool3's d = 2048, n = 20: 4 ms instead
     of 1.7 s on 2 CPU cores). It is also the more exact value: the d x d route takes square
-    roots of the d - n + 1 eigenvalues that are zero but for rounding (~1e-7 each)."""
+    roots of the d - n + 1 eigenvalues that are zero but for rounding (square roots of ~1e-7
+    each)."""
     features = np.asarray(features, np.float64)
+    if features.ndim != 2:
+        raise ValueError(f"features must be (n, d), got shape {features.shape}")
+    if not np.all(np.isfinite(features)):
+        raise ValueError("features hold NaN or infinite values")
     n, d = features.shape
     if n - 1 >= d:
         stats = feature_statistics(features)
@@ -92,7 +100,10 @@ def frechet_distance_of_features(features: np.ndarray, mu, sigma) -> float:
         raise ValueError("need at least 2 feature vectors for a covariance")
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     if mu.shape != (d,) or sigma.shape != (d, d):
-        raise ValueError(f"statistics of different sizes: {(d,)} vs {mu.shape}")
+        raise ValueError(
+            f"features of dimension {d} against statistics with mu {mu.shape} and sigma "
+            f"{sigma.shape}; expected ({d},) and ({d}, {d})"
+        )
     centred = _helmert_rows(n) @ features / np.sqrt(n - 1)
     trace_sqrt_product = _trace_of_sqrt(centred @ sigma @ centred.T)
     diff = features.mean(axis=0) - mu

@@ -78,6 +78,14 @@ def test_frechet_distance_of_fewer_features_than_dimensions_is_the_exact_value(s
         )
         middle_norm = np.linalg.norm(root @ stats["sigma"] @ root, 2)
         assert abs(full - exact) <= 2 * (d - n + 1) * np.sqrt(d * eps * middle_norm), n
+    with pytest.raises(ValueError, match=r"sigma \(48, 47\); expected \(48,\) and \(48, 48\)"):
+        metrics.frechet_distance_of_features(features, reference["mu"], reference["sigma"][:, 1:])
+    with pytest.raises(ValueError, match="at least 2 feature vectors"):
+        metrics.frechet_distance_of_features(features[:1], reference["mu"], reference["sigma"])
+    with pytest.raises(ValueError, match=r"must be \(n, d\), got shape \(48,\)"):
+        metrics.frechet_distance_of_features(features[0], reference["mu"], reference["sigma"])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        metrics.frechet_distance_of_features(features * np.nan, reference["mu"], reference["sigma"])
     # As many features as dimensions or more: exactly frechet_distance of their statistics.
     features = rng.standard_normal((d + 1, d))
     stats = metrics.feature_statistics(features)
