@@ -28,11 +28,15 @@ from dcgan_jax import inception
 from dcgan_jax.validation import SCORE_LOGITS
 
 
+def _require_two(count: int) -> None:
+    if count < 2:
+        raise ValueError("need at least 2 feature vectors for a covariance")
+
+
 def feature_statistics(features: np.ndarray) -> dict[str, np.ndarray]:
     """Mean, covariance (unbiased, as numpy.cov) and count of (n, d) features, in float64."""
     features = np.asarray(features, np.float64)
-    if len(features) < 2:
-        raise ValueError("need at least 2 feature vectors for a covariance")
+    _require_two(len(features))
     return {
         "mu": features.mean(axis=0),
         "sigma": np.cov(features, rowvar=False),
@@ -93,11 +97,10 @@ def frechet_distance_of_features(features: np.ndarray, mu, sigma) -> float:
     if not np.all(np.isfinite(features)):
         raise ValueError("features hold NaN or infinite values")
     n, d = features.shape
+    _require_two(n)
     if n - 1 >= d:
         stats = feature_statistics(features)
         return frechet_distance(stats["mu"], stats["sigma"], mu, sigma)
-    if n < 2:
-        raise ValueError("need at least 2 feature vectors for a covariance")
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     if mu.shape != (d,) or sigma.shape != (d, d):
         raise ValueError(
