@@ -300,6 +300,23 @@ def test_mismatched_state_dict_is_refused_with_the_fix():
         )
 
 
+def test_a_cancelling_gradient_is_measured_against_its_network_not_its_own_norm():
+    # A weight's gradient error is relative to its own norm; a gradient that cancels to far
+    # below its network's (a BatchNorm bias, the head's bias) keeps its terms' rounding, so
+    # its error counts against CANCELLATION_SCALE of the network's gradient norm.
+    weight, bias = np.full(100, 0.1), np.array([1e-6])
+    network_norm = parity._network_norm([weight, bias])
+    assert network_norm == pytest.approx(1.0)
+    assert parity._gradient_error(weight * (1 + 1e-5), weight, network_norm) == pytest.approx(1e-5)
+    # 1e-8 off a bias of 1e-6: 1e-2 of its own norm, 1e-6 of 1% of the network's.
+    assert parity._gradient_error(bias + 1e-8, bias, network_norm) == pytest.approx(1e-6)
+    errors = parity.gradient_error_bounds(
+        {"w": weight, "b": bias + 1e-8}, {"w": weight, "b": bias}, {"w": weight, "b": bias}
+    )
+    assert errors["b"].bound == pytest.approx(parity.GRADIENT_TOLERANCE * 1e-2)
+    assert errors["w"].bound == pytest.approx(parity.GRADIENT_TOLERANCE * 1.0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("convolutions", ["matmul", "lax"])
 def test_parity_module_measures_agreement_on_this_device(convolutions, seed):
