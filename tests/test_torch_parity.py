@@ -330,8 +330,15 @@ def test_parity_module_measures_agreement_on_this_device(convolutions, seed):
             break
     else:
         pytest.fail("30 seeds in a row had an activation input near a kink")
-    assert result["forward_holds_1e-5"] and result["gradients_hold_1e-4"], (seed, result)
-    assert result["metrics"] < 1e-4, (seed, result)
+    assert result["forward_holds_1e-5"], (seed + attempt, result)
+    assert result["metrics"] < 1e-4, (seed + attempt, result)
+    # The whole step: D's gradients come from the same inputs up to the fake batch's
+    # rounding; G's are taken through the D just updated, comparable only when both sides
+    # updated D alike (parity.D_UPDATES_AGREE_IN_LR; an Adam sign flip in D, about 1 draw in
+    # 400, moves them apart legitimately; G's half-step below is checked regardless).
+    assert result["gradients_d"] <= parity.GRADIENT_TOLERANCE, (seed + attempt, result)
+    if result["d_updates_agree"]:
+        assert result["gradients_hold_1e-4"], (seed + attempt, result)
     # Each half-step from identical inputs, both sides against float64: every tensor of G
     # (10) and D (9), JAX within the CPU tests' bound.
     assert len(half["jax"]) == len(half["torch"]) == 19
