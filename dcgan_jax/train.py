@@ -50,6 +50,18 @@ def _step_changes(state, real, update_ema: bool, ema_warmup: bool):
     return StepChanges(state.generator, state.discriminator, ema_params), metrics
 
 
+@functools.cache
+def _pmapped_step_changes(devices: tuple | None, update_ema: bool, ema_warmup: bool):
+    """`_step_changes` pmapped over `devices`: one per process for each (devices, flags), so
+    that runs in one process (a notebook, the tests) trace and compile their step once per
+    model (states of equal models and settings have equal structures, see state.py)."""
+    return jax.pmap(
+        functools.partial(_step_changes, update_ema=update_ema, ema_warmup=ema_warmup),
+        axis_name=AXIS_NAME,
+        devices=devices,
+    )
+
+
 class TrainStep:
     """`steps.train_step` data-parallel over `devices` (default: all devices of all
     processes; each process passes the arrays of its own devices):
@@ -67,11 +79,8 @@ class TrainStep:
     """
 
     def __init__(self, devices=None, update_ema: bool = False, ema_warmup: bool = False):
-        self._changes = jax.pmap(
-            functools.partial(_step_changes, update_ema=update_ema, ema_warmup=ema_warmup),
-            axis_name=AXIS_NAME,
-            devices=devices if jax.process_count() == 1 else None,
-        )
+        devices = tuple(devices) if devices is not None and jax.process_count() == 1 else None
+        self._changes = _pmapped_step_changes(devices, update_ema, ema_warmup)
         self._compiled = None
 
     def compile(self, state: GANState, batch):
