@@ -199,6 +199,8 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
 
 
 # The formulations of each strided convolution: the same function, different kernels.
+# Read when a model is traced; compiled programs are shared between equal models (state.py),
+# so a prototype that swaps entries within a process must call jax.clear_caches().
 # "mixed" differs from "matmul" in D only: G's transposed convolutions are matrix products
 # in both (XLA:CPU's native kernel gradient of a transposed convolution is 40-80x slower).
 FORMULATIONS = CONVOLUTIONS

@@ -17,7 +17,9 @@ from dcgan_jax.state import TrainState
 def _apply_training_mode(apply_fn, variables, z: jax.Array):
     """(images, updated batch_stats) of a training-mode pass on one device. A network built
     for pmap synchronises BatchNorm over its axis: bind that axis with a size-1 vmap."""
-    axis_name = getattr(getattr(apply_fn, "module", None), "axis_name", None)
+    # The module: state.ModuleApply's, or a bound `module.apply`'s.
+    module = getattr(apply_fn, "module", getattr(apply_fn, "__self__", None))
+    axis_name = getattr(module, "axis_name", None)
     run = lambda z: apply_fn(variables, z, train=True, mutable=["batch_stats"])
     if axis_name is None:
         return run(z)
