@@ -10,7 +10,8 @@ as space-to-depth, im2col and one matrix product; both are exactly equivalent (t
 multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation instead (on
 GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); `"mixed"` is `matmul`
 except in D's wider layers, which take XLA's native convolution for the output and the
-kernel gradient and the matrix product's input gradient (faster on XLA:CPU). The tests
+kernel gradient and the matrix product's input gradient, and whose matrix products take
+their kernel gradient on a written-out transpose where that is faster (both on XLA:CPU). The tests
 check that all three agree. `resolve_convolutions` picks one per backend for
 `config.convolutions="auto"`.
 """
@@ -71,6 +72,49 @@ def _pytorch_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
 _PHASE_TAPS = {0: ((1, 1), (3, 0)), 1: ((2, 1), (0, 2))}
 
 
+@jax.custom_vjp
+def _product_transposing_for_kernel_gradient(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w`, whose gradient for `w`, x^T g, is a product of x^T written out in memory
+    with g rather than XLA's dot that contracts the rows of both operands.
+
+    XLA:CPU runs that contraction outside its YNN matrix-product library (Eigen's dot):
+    measured on the shapes of the models' kernel gradients, 220-410 GFLOP/s against 380-490
+    for the same product with x^T materialised first (one copy of x), e.g. cifar's D layer
+    on 8x8 inputs 4.6 against 2.6 ms, G's first up-convolution 53 against 45 ms. The copy
+    pays where x is wide and not large (`_transposes_for_kernel_gradient`)."""
+    return x @ w
+
+
+def _product_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _product_bwd(residuals, g):
+    x, w = residuals
+    # The barrier keeps XLA from folding the transpose back into the dot.
+    return g @ w.T, lax.optimization_barrier(x.T) @ g
+
+
+_product_transposing_for_kernel_gradient.defvjp(_product_fwd, _product_bwd)
+
+
+def _transposes_for_kernel_gradient(x: jax.Array) -> bool:
+    """Whether `_mixed_product` writes x^T out for the kernel gradient: x at least 512 wide
+    and at most 2^22 elements (16 MiB in float32). Measured (2-core AMD EPYC Zen 5, batch
+    16-256): 1.09-1.74x on every such kernel gradient of the cifar and celeba models; on
+    larger x the copy costs more than it saves (celeba's D layer on 8x8 inputs at batch
+    256, 16M elements, 0.89x; a 128x128 model's, 8M, 0.71x), and on narrow ones (D's
+    first layer, 48 wide; the input of celeba G's last layer, 64 wide) 0.54-0.72x."""
+    return x.shape[1] >= 512 and x.size <= 2**22
+
+
+def _mixed_product(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w` for the `mixed` formulation (see `_transposes_for_kernel_gradient`)."""
+    if _transposes_for_kernel_gradient(x):
+        return _product_transposing_for_kernel_gradient(x, w)
+    return x @ w
+
+
 def _shifted(plane: jax.Array, row: int, col: int) -> jax.Array:
     """`plane[:, m + row - 1, n + col - 1]`, zero outside: the plane read at offset (row,
     col) of its 1-padded grid. One pad per plane (negative padding crops) rather than one
@@ -82,19 +126,19 @@ def _shifted(plane: jax.Array, row: int, col: int) -> jax.Array:
     )
 
 
-def _matmul_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _matmul_conv_transpose(x: jax.Array, kernel: jax.Array, product=jnp.matmul) -> jax.Array:
     """ConvTranspose2d(4, stride=2, padding=1) as one matrix product and 16 shifted adds.
 
     Every input pixel is multiplied by all 16 taps at once, (B*H*W, C) @ (C, 16*O), which is
     exactly the transposed convolution's multiply-adds as one large GEMM (fast forward and
     backward on every backend); each output phase then sums four shifted tap planes. The
     intermediate is 16*O wide, less than a 16*C im2col buffer since widths shrink towards
-    the output.
+    the output. `product` computes the matrix product (`_mixed_product` for `mixed`).
     """
     batch, height, width, c_in = x.shape
     c_out = kernel.shape[-1]
     taps = kernel.transpose(2, 0, 1, 3).reshape(c_in, 16 * c_out)
-    y = (x.reshape(-1, c_in) @ taps).reshape(batch, height, width, 16, c_out)
+    y = product(x.reshape(-1, c_in), taps).reshape(batch, height, width, 16, c_out)
     # The 16 tap planes by one split, whose gradient is one concatenation. Indexed one by
     # one, each plane's gradient is a zero-padded copy of all 16, summed: XLA:CPU computed
     # every element of the 16*O-wide gradient from 16 pads and 15 adds (90 ms of the celeba
@@ -122,12 +166,13 @@ def _pytorch_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
 
 
-def _matmul_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _matmul_strided_conv(x: jax.Array, kernel: jax.Array, product=jnp.matmul) -> jax.Array:
     """Conv2d(4, stride=2, padding=1) as space-to-depth, im2col and one matrix product.
 
     With tap k = 2q + r, out[m] = sum_k x_pad[2m + k] w[k] = sum_{q, r} y[m + q, r] w[2q + r]
     where y[j, r] = x_pad[2j + r] is the padded input folded into 2x2 blocks: a stride-1
-    2x2 window over y, gathered into (B*H/2*W/2, 16*C) rows and multiplied by the kernel.
+    2x2 window over y, gathered into (B*H/2*W/2, 16*C) rows and multiplied by the kernel
+    (by `product`: `_mixed_product` for `mixed`).
     """
     batch, height, width, c_in = x.shape
     c_out = kernel.shape[-1]
@@ -145,7 +190,7 @@ def _matmul_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     # kernel[2q + r, 2p + s, c, o] -> folded[(q, p, r, s, c), o]
     folded = kernel.reshape(2, 2, 2, 2, c_in, c_out).transpose(0, 2, 1, 3, 4, 5)
     folded = folded.reshape(16 * c_in, c_out)
-    return (patches.reshape(-1, 16 * c_in) @ folded).reshape(batch, h_out, w_out, c_out)
+    return product(patches.reshape(-1, 16 * c_in), folded).reshape(batch, h_out, w_out, c_out)
 
 
 @jax.custom_vjp
@@ -185,11 +230,18 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     8x8 input or on the image itself the native output pass is the slower one, and at a
     batch of 256 XLA:CPU's native kernel gradient is 1.3-2.2x slower than the matrix
     product's (the whole celeba step 0.80x at batch 256, 0.91x at 128), while at 16 and 64
-    it is faster."""
+    it is faster. The matrix products' kernel gradients as in `_mixed_conv_transpose`."""
     batch, height, width, c_in = x.shape
     if batch <= 64 and min(height, width) >= 16 and c_in > 3:
         return _native_strided_conv_matmul_input_grad(x, kernel)
-    return _matmul_strided_conv(x, kernel)
+    return _matmul_strided_conv(x, kernel, _mixed_product)
+
+
+def _mixed_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """ConvTranspose2d(4, stride=2, padding=1) as `_matmul_conv_transpose`, with the kernel
+    gradient's product taken on x^T written out where that is faster on XLA:CPU
+    (`_mixed_product`)."""
+    return _matmul_conv_transpose(x, kernel, _mixed_product)
 
 
 def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
@@ -201,12 +253,14 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
 # The formulations of each strided convolution: the same function, different kernels.
 # Read when a model is traced; compiled programs are shared between equal models (state.py),
 # so a prototype that swaps entries within a process must call jax.clear_caches().
-# "mixed" differs from "matmul" in D only: G's transposed convolutions are matrix products
-# in both (XLA:CPU's native kernel gradient of a transposed convolution is 40-80x slower).
+# "mixed" differs from "matmul" in D's wider layers and in how the kernel gradients of the
+# matrix products are taken (`_mixed_product`): G's transposed convolutions are matrix
+# products in both (XLA:CPU's native kernel gradient of a transposed convolution is 40-80x
+# slower).
 FORMULATIONS = CONVOLUTIONS
 _UP_CONV = {
     "matmul": _matmul_conv_transpose,
-    "mixed": _matmul_conv_transpose,
+    "mixed": _mixed_conv_transpose,
     "lax": _pytorch_conv_transpose,
 }
 _DOWN_CONV = {

@@ -51,6 +51,7 @@ def test_fast_convs_have_equal_gradients(height, width, c_in):
     kernel = jax.random.normal(k2, (4, 4, c_in, 5))
     for fast, slow in [
         (models._matmul_conv_transpose, models._pytorch_conv_transpose),
+        (models._mixed_conv_transpose, models._pytorch_conv_transpose),
         (models._matmul_strided_conv, models._pytorch_strided_conv),
         (models._mixed_strided_conv, models._pytorch_strided_conv),
     ]:
@@ -59,6 +60,33 @@ def test_fast_convs_have_equal_gradients(height, width, c_in):
         g_slow = jax.grad(loss(slow), argnums=(0, 1))(x, kernel)
         for a, b in zip(g_fast, g_slow, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_mixed_products_take_kernel_gradients_on_a_written_out_transpose_where_wide():
+    # models._mixed_product: the same gradients (float64), and the transpose written out
+    # (an optimisation barrier in the program) exactly where the input is wide enough.
+    from dcgan_jax.parity import float64_enabled
+
+    with float64_enabled():
+        k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+        for c_in, up_transposes, down_transposes in (
+            (512, True, True),
+            (32, False, True),
+            (8, False, False),
+        ):
+            x = jax.random.normal(k1, (2, 4, 4, c_in), jnp.float64)
+            kernel = jax.random.normal(k2, (4, 4, c_in, 5), jnp.float64)
+            for fast, slow, transposes in [
+                (models._mixed_conv_transpose, models._pytorch_conv_transpose, up_transposes),
+                (models._mixed_strided_conv, models._pytorch_strided_conv, down_transposes),
+            ]:
+                loss = lambda f: lambda inputs, k: jnp.sum(jnp.sin(f(inputs, k)))
+                grad = jax.jit(jax.grad(loss(fast), argnums=(0, 1)))
+                g_fast, g_slow = grad(x, kernel), jax.grad(loss(slow), argnums=(0, 1))(x, kernel)
+                for a, b in zip(g_fast, g_slow, strict=True):
+                    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+                program = grad.lower(x, kernel).as_text()
+                assert ("optimization_barrier" in program) == transposes, (fast, c_in)
 
 
 def _param_counts(config):
