@@ -9,9 +9,10 @@ convolution as one matrix product plus shifted adds and `DownConv` its strided c
 as space-to-depth, im2col and one matrix product; both are exactly equivalent (the same
 multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation instead (on
 GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); `"mixed"` is `matmul`
-except in D's wider layers, which take XLA's native convolution for the output and the
-kernel gradient and the matrix product's input gradient, and whose matrix products take
-their kernel gradient on a written-out transpose where that is faster (both on XLA:CPU). The tests
+except that D's wider layers take XLA's native convolution for the output and the kernel
+gradient and the matrix product's input gradient, and that the other matrix products take
+their kernel gradient on a written-out x^T where x is wide and not large (both faster on
+XLA:CPU). The tests
 check that all three agree. `resolve_convolutions` picks one per backend for
 `config.convolutions="auto"`.
 """
@@ -78,10 +79,11 @@ def _product_transposing_for_kernel_gradient(x: jax.Array, w: jax.Array) -> jax.
     with g rather than XLA's dot that contracts the rows of both operands.
 
     XLA:CPU runs that contraction outside its YNN matrix-product library (Eigen's dot):
-    measured on the shapes of the models' kernel gradients, 220-410 GFLOP/s against 380-490
-    for the same product with x^T materialised first (one copy of x), e.g. cifar's D layer
-    on 8x8 inputs 4.6 against 2.6 ms, G's first up-convolution 53 against 45 ms. The copy
-    pays where x is wide and not large (`_transposes_for_kernel_gradient`)."""
+    measured on the shapes of the models' kernel gradients where it is used, 220-420
+    GFLOP/s against 280-460 for the same product with x^T materialised first (one copy of
+    x), e.g. cifar's D layer on 8x8 inputs 4.59 against 2.64 ms, G's first up-convolution
+    53.0 against 44.9 ms. The copy pays where x is wide and not large
+    (`_transposes_for_kernel_gradient`)."""
     return x @ w
 
 
