@@ -177,8 +177,8 @@ def kink_distance(train_state, inputs) -> float:
             # kink at distance 0: such zeros made the half-step test fail 3 draws in 800
             # (DCGAN_TEST_SEED=95236770, celeba; 1955867642, cifar, under the test
             # workers' one PyTorch thread).
-            zero_window = _all_zero_windows(inputs)[..., None]
-            magnitude = np.where((x == 0.0) & zero_window.reshape(-1, 1), np.inf, magnitude)
+            zero_window = _all_zero_windows(inputs).reshape(-1, 1)  # one per row of x
+            magnitude = np.where((x == 0.0) & zero_window, np.inf, magnitude)
         distances.append(np.min(magnitude.min(axis=0) / np.maximum(rms, 1e-30)))
     return float(min(distances))
 
