@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import default_config, models, train, xla_flags
+from dcgan_jax import default_config, huge_pages, models, train, xla_flags
 from dcgan_jax.validation import UserError, exit_on_user_error, validate_config
 
 
@@ -392,6 +392,8 @@ def run_benchmark(
         "host_cpu": _cpu_name(),
         "versions": versions(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # Both frameworks run in this process, under the same allocator (huge_pages.py).
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "peak_process_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "frameworks": {},
     }
@@ -474,6 +476,7 @@ def format_table(results: dict) -> str:
         f"x{results['config']['channels']}, "
         f"{results['step_gflop_per_image']:.2f} GFLOP/image/step; host CPU: {results['host_cpu']}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+        f"GLIBC_TUNABLES (both frameworks): {results.get('glibc_tunables') or 'unset'}",
         f"{'':14} {'images/s':>10} {'step ms':>9} {'1st step s':>10} {'GFLOP/s':>9} "
         f"{'peak MiB':>9}  device",
     ]
@@ -581,6 +584,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # as train does; both frameworks run under it
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar.py.")

@@ -23,7 +23,17 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import checkpointing, distributed, guards, models, report, sampling, steps, xla_flags
+from dcgan_jax import (
+    checkpointing,
+    distributed,
+    guards,
+    huge_pages,
+    models,
+    report,
+    sampling,
+    steps,
+    xla_flags,
+)
 from dcgan_jax.state import GANState, TrainState, create_state
 from dcgan_jax.validation import (
     UserError,
@@ -517,6 +527,7 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # before anything is done that would be done twice
     define_flags()
     from dcgan_jax.validation import parse_flags
 

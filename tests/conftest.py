@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 
-from dcgan_jax import xla_flags  # imports no JAX
+from dcgan_jax import huge_pages, xla_flags  # import no JAX
 from tests.commands import DEVICE_COUNT_FLAG  # imports no JAX
 
 # Must happen before jax is imported anywhere. The CLIs' default XLA flags too: the
@@ -30,6 +30,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # workers on the 2-core Zen 5 VM, alternating runs: 432 s, 391 s with it, 403 s.
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The CLIs restart themselves under glibc's huge-page tunable where it helps (huge_pages.py);
+# set here, the CLI subprocesses of the tests run under it as users' do, started once.
+if huge_pages.should_reexec_here():
+    os.environ["GLIBC_TUNABLES"] = huge_pages.with_huge_pages(os.environ.get("GLIBC_TUNABLES", ""))
 
 # Only now, with the environment above in place.
 import jax
