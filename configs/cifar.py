@@ -9,9 +9,9 @@ first run.
 Compute: 20,000 steps x 64 images x 1.92 GFLOP = 2.5 PFLOP. The training step, measured
 (python -m dcgan_jax.benchmark): 35,897 images/s on an H100 (fp32 with TF32; 46,061 with
 --config.half_precision=True; JAX alone, with the cuBLAS default), i.e. under a minute of
-steps, so there the input pipeline and logging set the pace; 140.5-149.3 images/s on a
-2-core AMD EPYC (Zen 5) VM in a slow hour (~2.5 hours; 1.20-1.22x PyTorch there). A Colab
-T4 has not been measured.
+steps, so there the input pipeline and logging set the pace; 157.1-160.3 images/s on a
+2-core AMD EPYC (Zen 5) VM with huge pages, as train runs there (~2.2 hours; 1.07-1.12x
+PyTorch on the same pages). A Colab T4 has not been measured.
 """
 
 from dcgan_jax import default_config
