@@ -4,17 +4,20 @@ XLA:CPU allocates a step's temporaries and outputs afresh in every step, and gli
 allocations above 32 MiB with new memory maps, which the kernel fills in 4 KiB at a time
 on first touch: on the 2-core AMD EPYC (Zen 5) VM of README "Speed" a jitted
 (18496x256)(256x512) product with its 36 MiB output ran at 189 GFLOP/s instead of 380-480
-for the smaller ones, and the celeba step spent about a seventh of its time on page faults.
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35 and later) makes malloc advise
-transparent huge pages (2 MiB) for the memory it maps: there the celeba step ran 1.17x as
-fast (JAX alone, images/s) with the same time to the first step.
+for the smaller ones. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35 and later) makes
+malloc advise transparent huge pages (2 MiB) for the memory it maps: there the JAX step ran
+1.00-1.17x as fast (celeba; cifar 1.05-1.13x; the VM's hour moved the gain) with the same
+time to the first step.
 
 glibc reads its tunables once, when a process starts, so `train` and `benchmark` start
-themselves again with the tunable set (`reexec_with_huge_pages`, called before they parse
-their flags). They do so only where it can help: Linux, glibc 2.35 or later, transparent
-huge pages in `madvise` mode (with `always` the kernel uses them already; with `never` it
-cannot), and a GLIBC_TUNABLES that does not name `glibc.malloc.hugetlb` already, so
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps glibc's default.
+themselves again with the tunable set (`reexec_with_huge_pages`, called in their `__main__`
+before their other imports). They do so only where it can help: Linux, glibc 2.35 or later,
+transparent huge pages in `madvise` mode (with `always` the kernel uses them already; with
+`never` it cannot), and a GLIBC_TUNABLES that does not name `glibc.malloc.hugetlb` already,
+so `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps glibc's default; and only once (RESTARTED:
+a secure-mode process, setuid or with file capabilities, has glibc drop the tunable, which
+would otherwise restart it forever), and only where this process's command line is the
+CLI's own (not a notebook kernel's that runs the module with `%run -m`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 from collections.abc import Mapping
 
 TUNABLE = "glibc.malloc.hugetlb"
+RESTARTED = "DCGAN_JAX_HUGE_PAGES_RESTARTED"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -68,7 +72,8 @@ def should_reexec(
 ) -> bool:
     """Whether restarting with the tunable set changes anything on this host."""
     return (
-        system == "Linux"
+        RESTARTED not in environ
+        and system == "Linux"
         and libc is not None
         and libc >= (2, 35)
         and thp_mode == "madvise"
@@ -81,16 +86,37 @@ def should_reexec_here(environ: Mapping[str, str] = os.environ) -> bool:
     return should_reexec(environ, platform.system(), glibc_version(), transparent_huge_page_mode())
 
 
+def runs_as_its_own_command(argv: list[str], orig_argv: list[str] | None) -> bool:
+    """Whether the interpreter's command line (`orig_argv`) ends with this program's
+    arguments (`argv[1:]`), as it does for `python [flags] -m module args`, `python script
+    args` and `python -c code args`; not inside a host such as a notebook kernel."""
+    if not orig_argv:
+        return False
+    args = argv[1:]
+    return len(orig_argv) > len(args) and orig_argv[len(orig_argv) - len(args) :] == args
+
+
 def reexec_with_huge_pages() -> None:
     """Replaces this process by the same command with `glibc.malloc.hugetlb=1` in
-    GLIBC_TUNABLES, where `should_reexec`; returns otherwise. Call it first thing in a
-    `__main__` block (the work done before it is done twice)."""
-    argv = getattr(sys, "orig_argv", None)
-    if not argv or not sys.executable:
+    GLIBC_TUNABLES, where `should_reexec`; returns otherwise, also if the restart fails.
+    Call it first thing in a `__main__` block: the work done before it is done twice."""
+    orig_argv = getattr(sys, "orig_argv", None)
+    if (
+        not sys.executable
+        or not runs_as_its_own_command(sys.argv, orig_argv)
+        or "IPython" in sys.modules
+        or not should_reexec_here()
+    ):
         return
-    if not should_reexec_here():
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=with_huge_pages(os.environ.get("GLIBC_TUNABLES", "")))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    env = dict(
+        os.environ,
+        GLIBC_TUNABLES=with_huge_pages(os.environ.get("GLIBC_TUNABLES", "")),
+        **{RESTARTED: "1"},
+    )
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *orig_argv[1:]], env)
+    except OSError:
+        return  # glibc's default pages, as without this module

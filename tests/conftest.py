@@ -32,7 +32,8 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The CLIs restart themselves under glibc's huge-page tunable where it helps (huge_pages.py);
-# set here, the CLI subprocesses of the tests run under it as users' do, started once.
+# set here, the CLI subprocesses of the tests run under it as users' do, started once. So do
+# the pytest-xdist workers, started after this; with -n 0 the tests in this process do not.
 if huge_pages.should_reexec_here():
     os.environ["GLIBC_TUNABLES"] = huge_pages.with_huge_pages(os.environ.get("GLIBC_TUNABLES", ""))
 

@@ -65,6 +65,8 @@ def test_benchmark_cli_writes_json_without_tensorflow(tmp_path):
     assert data["jax_images_per_s"] > 0 and data["batch_size"] == 8
     # The results record the XLA flags it ran with (the session's, holding the defaults).
     assert data["xla_flags"].split() == os.environ["XLA_FLAGS"].split()
+    # And the allocator both frameworks ran under (the session's GLIBC_TUNABLES, conftest.py).
+    assert data["glibc_tunables"] == os.environ.get("GLIBC_TUNABLES", "")
 
 
 def test_torch_step_autocasts_the_forward_passes_only_and_never_syncs():
