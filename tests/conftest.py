@@ -1,6 +1,7 @@
 """Test setup: two fake CPU devices, so the pmap code paths run on any machine."""
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -31,6 +32,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Most tests compile far more than they compute (XLA's compilation was 297 s of the suite's
+# 664 s of test time): they compile with most of XLA's optimizations off, which halves that
+# and leaves the numbers within the float32 rounding the bounds allow (LLVM at -O0 instead
+# of -O2; the HLO passes, and so each program's operations and their order, are the same).
+# The few tests that compute more than they compile are marked `optimized` (and fixtures
+# use `optimized_compilation`). JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs every test at the
+# users' optimization level; CI runs the numerical tests that way too (.ci/run).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 # The CLIs restart themselves under glibc's huge-page tunable where it helps (huge_pages.py);
 # set here, the CLI subprocesses of the tests run under it as users' do, started once. So do
 # the pytest-xdist workers, started after this; with -n 0 the tests in this process do not.
@@ -44,6 +54,31 @@ import pytest
 from dcgan_jax import default_config
 
 NUM_DEVICES = 2
+
+
+@contextlib.contextmanager
+def optimized_compilation():
+    """Compile at the users' optimization level inside (in this process and in the
+    subprocesses started inside): for code that computes more than it compiles, which
+    unoptimized takes 1.5-2.5x as long (the digits classifier's training, Inception)."""
+    previous = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"]
+    previous_here = jax.config.read("jax_disable_most_optimizations")
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = previous
+        jax.config.update("jax_disable_most_optimizations", previous_here)
+
+
+@pytest.fixture(autouse=True)
+def _optimized_when_marked(request):
+    if request.node.get_closest_marker("optimized"):
+        with optimized_compilation():
+            yield
+    else:
+        yield
 
 
 def tiny_config(**overrides):

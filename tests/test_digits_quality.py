@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dcgan_jax import compare, digits_features, evaluate, train
-from tests.conftest import tiny_config
+from tests.conftest import optimized_compilation, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +24,8 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluation(cache_dir):
     """Trains the classifier once for the module (a few seconds) and caches it."""
-    return digits_features.DigitsEvaluation(tiny_config(), cache_dir)
+    with optimized_compilation():
+        return digits_features.DigitsEvaluation(tiny_config(), cache_dir)
 
 
 def test_classifier_is_accurate_on_held_out_digits_and_cached(evaluation, cache_dir):
@@ -109,6 +110,7 @@ def test_data_order_is_a_permutation_each_epoch():
     np.testing.assert_array_equal(np.concatenate([next(again) for _ in range(3)]), epoch)
 
 
+@pytest.mark.optimized
 def test_compare_runs_both_frameworks_and_writes_json_and_plot(tmp_path, cache_dir, monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setattr(os.path, "expanduser", lambda p: p.replace("~", cache_dir))

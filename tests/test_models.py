@@ -136,6 +136,7 @@ def test_image_size_must_be_power_of_two():
         models.num_resolution_blocks(48)
 
 
+@pytest.mark.optimized
 def test_dcgan_initialisation():
     config = _load_config("cifar")
     g, d = models.make_models(config)

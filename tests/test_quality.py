@@ -307,6 +307,7 @@ def weight_file(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_evaluate_cli_and_in_training_evaluation(tmp_path, weight_file, capsys):
     stats_dir = tmp_path / "stats"
     config = tiny_config(
