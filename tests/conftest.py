@@ -60,7 +60,9 @@ NUM_DEVICES = 2
 def optimized_compilation():
     """Compile at the users' optimization level inside (in this process and in the
     subprocesses started inside): for code that computes more than it compiles, which
-    unoptimized takes 1.5-2.5x as long (the digits classifier's training, Inception)."""
+    unoptimized takes 1.5-2.5x as long (the digits classifier's training, Inception). A
+    program this process compiled before, unoptimized, is reused as it is (the flag is not
+    part of jit's cache key): only the speed differs."""
     previous = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"]
     previous_here = jax.config.read("jax_disable_most_optimizations")
     os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
