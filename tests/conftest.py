@@ -35,7 +35,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # Most tests compile far more than they compute (XLA's compilation was 297 s of the suite's
 # 664 s of test time): they compile with most of XLA's optimizations off, which halves that
 # and leaves the numbers within the float32 rounding the bounds allow (LLVM at -O0 instead
-# of -O2; the HLO passes, and so each program's operations and their order, are the same).
+# of -O3; the HLO passes, and so each program's operations and their order, are the same).
 # The few tests that compute more than they compile are marked `optimized` (and fixtures
 # use `optimized_compilation`). JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs every test at the
 # users' optimization level; CI runs the numerical tests that way too (.ci/run).

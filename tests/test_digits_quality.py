@@ -133,6 +133,8 @@ def test_compare_runs_both_frameworks_and_writes_json_and_plot(tmp_path, cache_d
     assert "PyTorch" in lines[-1] and "floor" in lines[-1]
 
 
+# The classifier trained (optimized) by `evaluation`, found in `cache_dir`, not again here.
+@pytest.mark.usefixtures("evaluation")
 def test_compare_measures_one_framework_alone(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setattr(os.path, "expanduser", lambda p: p.replace("~", cache_dir))
     lines = []
@@ -167,6 +169,7 @@ def test_compare_refuses_other_datasets_in_one_line(tmp_path):
     assert "configs/digits.py" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.usefixtures("evaluation")  # as above
 def test_training_evaluates_the_digits_with_fdd_offline(tmp_path, cache_dir, monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "CACHE_DIR", cache_dir)
     config = tiny_config(num_train_steps=2, eval_every_steps=2, eval_num_samples=24)
