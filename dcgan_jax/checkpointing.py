@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import shutil
+import sys
 import time
 
 import jax
@@ -236,6 +237,36 @@ def check_compatible(saved: ml_collections.ConfigDict, config, directory) -> Non
         )
 
 
+def _is_abandoned_read(unraisable) -> bool:
+    """Whether an unraisable exception is one of the reads a failed Orbax restore left
+    behind: each finishes after the restore's event loop has closed and reports
+    RuntimeError("Event loop is closed") from asyncio's `call_soon_threadsafe`."""
+    error, traceback = unraisable.exc_value, unraisable.exc_traceback
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        return False
+    while traceback is not None:
+        if traceback.tb_frame.f_code.co_name == "call_soon_threadsafe":
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def _quiet_abandoned_reads() -> None:
+    """Drops the abandoned reads' reports from now on (a damaged checkpoint printed ~100
+    lines of such tracebacks around the one warning that matters); any other unraisable
+    exception still goes to the hook in place before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _is_abandoned_read(unraisable):
+            previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
 def restore_state(manager: ocp.CheckpointManager, step: int, template):
     """Restores the state saved at `step` into the structure of `template` (host arrays).
 
@@ -247,6 +278,9 @@ def restore_state(manager: ocp.CheckpointManager, step: int, template):
     args = {"state": ocp.args.StandardRestore(target)}
     if has_digest:
         args["integrity"] = ocp.args.JsonRestore()
+    # Before the restore: the reads it abandons if it fails may report as soon as its event
+    # loop has closed, before the failure reaches the `except` below.
+    _quiet_abandoned_reads()
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:
