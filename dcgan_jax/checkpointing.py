@@ -332,7 +332,9 @@ def restore_newest_usable(manager: ocp.CheckpointManager, config, template, work
         if jax.process_index() == 0:  # one process moves; all see the result after the sync
             for bad_step, error in problems:
                 moved = _move_aside(manager, bad_step, workdir)
-                report.warning(f"checkpoint {bad_step} is damaged; moved to {moved} ({error}).")
+                # Without the error's "Fix: ...": that advice is for when no step is usable.
+                reason = str(error).split(" Fix: ", 1)[0].rstrip(" .")
+                report.warning(f"checkpoint {bad_step} is damaged; moved to {moved} ({reason})")
         if problems:
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils

@@ -173,6 +173,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, how,
     resumed = train.train_and_evaluate(tiny_config(num_train_steps=6), str(workdir))
     output = capsys.readouterr().out
     assert "warning: checkpoint 4 is damaged; moved to" in output
+    assert "Fix:" not in output  # nothing to fix: training goes on from step 2
     assert "Resumed from checkpoint at step 2" in output
     # The damaged step was kept aside, not deleted; training wrote steps 4..6 afresh.
     assert len(os.listdir(workdir / "checkpoints_damaged")) == 1
