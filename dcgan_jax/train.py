@@ -29,16 +29,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import (
-    checkpointing,
-    distributed,
-    guards,
-    models,
-    report,
-    sampling,
-    steps,
-    xla_flags,
-)
+from dcgan_jax import checkpointing, distributed, guards, models, report, sampling, steps, xla_flags
 from dcgan_jax.state import GANState, TrainState, create_state
 from dcgan_jax.validation import (
     UserError,

@@ -76,10 +76,8 @@ def optimized_compilation():
 
 @pytest.fixture(autouse=True)
 def _optimized_when_marked(request):
-    if request.node.get_closest_marker("optimized"):
-        with optimized_compilation():
-            yield
-    else:
+    marked = request.node.get_closest_marker("optimized")
+    with optimized_compilation() if marked else contextlib.nullcontext():
         yield
 
 
