@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dcgan_jax import xla_flags
 from dcgan_jax.validation import CONVOLUTIONS
 
 # DCGAN initialisation (Radford et al., section 4): weights from N(0, 0.02).
@@ -226,15 +227,25 @@ _native_strided_conv_matmul_input_grad.defvjp(_native_conv_fwd, _native_conv_bwd
 
 def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Conv2d(4, stride=2, padding=1), each layer by what XLA:CPU runs faster: the native
-    convolution with the matrix product's input gradient where the input is at least 16x16
-    and wider than an image's 1-3 channels and the batch (per device) at most 64, the
-    matrix-product formulation on the others. Measured per layer (README, "Speed"): on an
-    8x8 input or on the image itself the native output pass is the slower one, and at a
-    batch of 256 XLA:CPU's native kernel gradient is 1.3-2.2x slower than the matrix
-    product's (the whole celeba step 0.80x at batch 256, 0.91x at 128), while at 16 and 64
-    it is faster. The matrix products' kernel gradients as in `_mixed_conv_transpose`."""
+    convolution with the matrix product's input gradient on every layer wider than an
+    image's 1-3 channels, the matrix-product formulation on the image layer. Measured per
+    layer (README, "Speed"; 2-core AMD EPYC Zen 5), forward and kernel gradient: the
+    native pass on celeba D's 32x32, 16x16 and 8x8 layers 24.3, 22.9 and 20.7 ms against
+    the matrix product's 46.8, 32.2 and 25.1 at batch 64, and ahead at batch 16 and 256
+    too; on the image layer 5.1 against 3.3 ms.
+
+    That is with XLA's own convolution kernels, which the CLIs select
+    (`xla_flags.CPU_CONVOLUTIONS`). Where XLA hands convolutions to its YNN library
+    (jaxlib 0.10 without that flag: `xla_flags.ynn_runs_convolutions`), the native pass
+    is taken only on inputs of at least 16x16 at batches up to 64: on an 8x8 input YNN's
+    forward pass is the slower one, and at a batch of 256 its kernel gradient is 1.3-2.2x
+    slower than the matrix product's (the whole celeba step 0.80x at batch 256, 0.91x at
+    128). The matrix products' kernel gradients as in `_mixed_conv_transpose`."""
     batch, height, width, c_in = x.shape
-    if batch <= 64 and min(height, width) >= 16 and c_in > 3:
+    native = c_in > 3
+    if native and xla_flags.ynn_runs_convolutions():
+        native = batch <= 64 and min(height, width) >= 16
+    if native:
         return _native_strided_conv_matmul_input_grad(x, kernel)
     return _matmul_strided_conv(x, kernel, _mixed_product)
 

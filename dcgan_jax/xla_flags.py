@@ -4,14 +4,16 @@ Each CLI calls `apply_defaults()` first thing in `main`, before JAX initialises 
 (XLA reads XLA_FLAGS once, then). A flag that XLA_FLAGS already names is left as the user
 set it, so `XLA_FLAGS=--xla_gpu_enable_triton_gemm=true` restores XLA's default.
 
-XLA refuses to start on a flag it does not know ("Unknown flag in XLA_FLAGS"). The tests
-run under these flags too (tests/conftest.py), so a jaxlib that drops one fails them as
-well: remove the flag here then.
+XLA refuses to start on a flag it does not know ("Unknown flag in XLA_FLAGS"), on every
+backend. A flag that only some jaxlib versions know is added only for those
+(`CPU_CONVOLUTIONS_JAXLIB`). The tests run under these flags too (tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 from collections.abc import MutableMapping
 
 # The GPU's matrix products through cuBLAS rather than Triton-generated kernels. On an
@@ -20,20 +22,95 @@ from collections.abc import MutableMapping
 # 21-30 s and took at most 3 MiB more memory, up to 127 MiB less (README, "On a GPU"). It
 # picks kernels, not precision: float32 products stay TF32 by default and full float32 at
 # `highest`. CPUs and TPUs ignore it.
-DEFAULTS = ("--xla_gpu_enable_triton_gemm=false",)
+GPU_GEMMS = "--xla_gpu_enable_triton_gemm=false"
+
+# XLA:CPU's convolutions by XLA's own convolution kernels rather than its YNN library
+# (which keeps the matrix products and reductions). jaxlib 0.10 hands D's convolutions to
+# YNN, where they ran slower: on a 2-core AMD EPYC (Zen 5), celeba D's 32x32 layer forward
+# 13.2 -> 10.5 ms, its kernel gradient 19.7 -> 14.4 ms, and the whole training step
+# 1.12x (celeba) and 1.05x (cifar) in one process, alternating windows; with `mixed`
+# taking the native convolution on more layers where they are XLA's own
+# (`ynn_runs_convolutions`), 1.16x and 1.11x at batch 64, 1.19x and 1.29x for celeba at
+# batch 16 and 256 (README, "On this CPU"). GPUs and TPUs ignore it.
+CPU_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# jaxlib versions that know the flag: checked in the 0.9.0, 0.10.0 and 0.10.2 wheels (not
+# in 0.7.0 and 0.8.0); a version outside the range does without (a newer jaxlib may have
+# renamed or dropped an experimental flag, and an unknown flag stops XLA).
+CPU_CONVOLUTIONS_JAXLIB = ((0, 9), (0, 11))  # [lowest, first version not checked)
+# jaxlib 0.9 knows the flag but leaves convolutions to XLA's own kernels anyway.
+YNN_CONVOLUTIONS_FROM_JAXLIB = (0, 10)
+
+_YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
 def _name(flag: str) -> str:
     return flag.split("=", 1)[0]
 
 
-def with_defaults(flags: str) -> str:
-    """`flags` (an XLA_FLAGS value) with each of `DEFAULTS` appended that it does not name."""
+def _fusion_type(name: str) -> str:
+    """'individual_convolution' for 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION' too, with
+    any leading + or - kept."""
+    name = name.strip().lower()
+    sign = name[0] if name[0] in "+-" else ""
+    return sign + name.lstrip("+-").removeprefix("library_fusion_type_")
+
+
+def jaxlib_version() -> tuple[int, int] | None:
+    """(major, minor) of the installed jaxlib, None when there is none."""
+    try:
+        version = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def defaults(version: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """The flags added by default under jaxlib `version` (default: the installed one)."""
+    version = jaxlib_version() if version is None else version
+    lowest, first_unchecked = CPU_CONVOLUTIONS_JAXLIB
+    if version is not None and lowest <= version < first_unchecked:
+        return (GPU_GEMMS, CPU_CONVOLUTIONS)
+    return (GPU_GEMMS,)
+
+
+def with_defaults(flags: str, version: tuple[int, int] | None = None) -> str:
+    """`flags` (an XLA_FLAGS value) with each of `defaults(version)` appended that it does
+    not name."""
     named = {_name(flag) for flag in flags.split()}
-    missing = [flag for flag in DEFAULTS if _name(flag) not in named]
+    missing = [flag for flag in defaults(version) if _name(flag) not in named]
     return " ".join([flags.strip(), *missing]).strip()
 
 
 def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     """Sets XLA_FLAGS to `with_defaults` of its value."""
     environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))
+
+
+def ynn_runs_convolutions(flags: str | None = None, version: tuple[int, int] | None = None) -> bool:
+    """Whether XLA:CPU hands convolutions to its YNN library under XLA_FLAGS `flags`
+    (default: this process's) and jaxlib `version` (default: the installed one).
+
+    True on jaxlib 0.10 and later unless the flags take `individual_convolution` out of
+    YNN's share (`CPU_CONVOLUTIONS`, or a list of fusion types that does not name it;
+    repeated, the flag applies in turn: `-dot` after `CPU_CONVOLUTIONS` keeps it out).
+    XLA reads XLA_FLAGS when the backend starts: a value changed later is not what runs.
+    """
+    flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    version = jaxlib_version() if version is None else version
+    if version is None or version < YNN_CONVOLUTIONS_FROM_JAXLIB:
+        return False
+    convolutions = True  # in jaxlib 0.10's default set
+    for flag in flags.split():
+        if _name(flag) != _YNN_FUSION_FLAG:
+            continue
+        # Each occurrence applies in turn: +x and -y change the set so far, a plain list
+        # (or nothing) replaces it.
+        types = [_fusion_type(t) for t in flag.split("=", 1)[1].split(",") if t.strip()]
+        if types and all(t[0] in "+-" for t in types):
+            for t in types:
+                if t[1:] == "individual_convolution":
+                    convolutions = t[0] == "+"
+        else:
+            convolutions = "individual_convolution" in types
+    return convolutions

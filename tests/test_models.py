@@ -66,6 +66,11 @@ def test_mixed_products_take_kernel_gradients_on_a_written_out_transpose_where_w
     # (an optimisation barrier in the program) exactly where the input is wide enough.
     from dcgan_jax.parity import float64_enabled
 
+    # D's matrix-product formulation as `mixed` takes it (on its image layer; the wider
+    # layers take the native convolution, see the test below).
+    def mixed_matmul_strided_conv(x, kernel):
+        return models._matmul_strided_conv(x, kernel, models._mixed_product)
+
     with float64_enabled():
         k1, k2 = jax.random.split(jax.random.PRNGKey(0))
         for c_in, up_transposes, down_transposes in (
@@ -77,7 +82,7 @@ def test_mixed_products_take_kernel_gradients_on_a_written_out_transpose_where_w
             kernel = jax.random.normal(k2, (4, 4, c_in, 5), jnp.float64)
             for fast, slow, transposes in [
                 (models._mixed_conv_transpose, models._pytorch_conv_transpose, up_transposes),
-                (models._mixed_strided_conv, models._pytorch_strided_conv, down_transposes),
+                (mixed_matmul_strided_conv, models._pytorch_strided_conv, down_transposes),
             ]:
                 loss = lambda f: lambda inputs, k: jnp.sum(jnp.sin(f(inputs, k)))
                 grad = jax.jit(jax.grad(loss(fast), argnums=(0, 1)))
@@ -90,6 +95,28 @@ def test_mixed_products_take_kernel_gradients_on_a_written_out_transpose_where_w
     wide = lambda rows: jax.ShapeDtypeStruct((rows, 512), jnp.float32)
     assert models._transposes_for_kernel_gradient(wide(8192))
     assert not models._transposes_for_kernel_gradient(wide(8193))
+
+
+@pytest.mark.parametrize("ynn_convolutions", [False, True])
+def test_mixed_takes_the_native_convolution_on_d_layers_wider_than_an_image(
+    ynn_convolutions, monkeypatch
+):
+    # With XLA's own convolution kernels (what the CLIs select) every layer wider than an
+    # image's channels; with YNN's only inputs of 16x16 or more at batches up to 64.
+    monkeypatch.setattr(models.xla_flags, "ynn_runs_convolutions", lambda: ynn_convolutions)
+    kernel = lambda c_in: jax.ShapeDtypeStruct((4, 4, c_in, 8), jnp.float32)
+
+    def takes_native(batch, size, c_in):
+        x = jax.ShapeDtypeStruct((batch, size, size, c_in), jnp.float32)
+        # A new function each time: a cached trace would not read the patched choice.
+        conv = lambda x, kernel: models._mixed_strided_conv(x, kernel)
+        jaxpr = str(jax.make_jaxpr(conv)(x, kernel(c_in)))
+        return "conv_general_dilated" in jaxpr
+
+    assert takes_native(64, 32, 64) and takes_native(16, 16, 128)
+    assert not takes_native(64, 64, 3) and not takes_native(64, 32, 1)
+    assert takes_native(64, 8, 256) == (not ynn_convolutions)
+    assert takes_native(256, 32, 64) == (not ynn_convolutions)
 
 
 def _param_counts(config):

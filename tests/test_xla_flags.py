@@ -7,10 +7,11 @@ import pytest
 from dcgan_jax import xla_flags
 
 CLIS = ("train", "evaluate", "sample", "compare", "benchmark")
+YNN = "--xla_cpu_experimental_ynn_fusion_type"
 
 
 def test_default_xla_flags_are_added_unless_the_user_named_them():
-    defaults = list(xla_flags.DEFAULTS)
+    defaults = list(xla_flags.defaults())
     assert xla_flags.with_defaults("").split() == defaults
     assert xla_flags.with_defaults(" ".join(defaults)).split() == defaults  # idempotent
     device_count = "--xla_force_host_platform_device_count=2"
@@ -42,3 +43,57 @@ def test_each_cli_applies_the_defaults_before_anything_else(cli, monkeypatch):
     module = importlib.import_module(f"dcgan_jax.{cli}")
     with pytest.raises(_Applied):
         module.main([cli])
+
+
+def test_the_cpu_convolution_flag_only_for_jaxlib_versions_that_know_it():
+    # An unknown flag stops XLA on every backend: added only where it was checked.
+    assert xla_flags.CPU_CONVOLUTIONS in xla_flags.defaults((0, 10))
+    assert xla_flags.CPU_CONVOLUTIONS in xla_flags.defaults((0, 9))
+    for version in ((0, 8), (0, 11), (1, 0)):
+        assert xla_flags.defaults(version) == (xla_flags.GPU_GEMMS,)
+        assert xla_flags.CPU_CONVOLUTIONS not in xla_flags.with_defaults("", version)
+    assert xla_flags.jaxlib_version() is not None
+
+
+@pytest.mark.parametrize(
+    "flags,version,expected",
+    [
+        ("", (0, 10), True),  # jaxlib 0.10's default: YNN runs them
+        ("", (0, 9), False),  # jaxlib 0.9 leaves them to XLA's own kernels
+        (xla_flags.CPU_CONVOLUTIONS, (0, 10), False),
+        (f"{YNN}=", (0, 10), False),
+        (f"{YNN}=dot,reduce", (0, 10), False),
+        (f"{YNN}=-reduce", (0, 10), True),
+        (f"{YNN}=individual_convolution", (0, 10), True),
+        (
+            f"{YNN}=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+            (0, 10),
+            True,
+        ),
+        # Repeated, the flag applies in turn (checked against the compiled programs of
+        # jaxlib 0.10.2): -dot leaves convolutions out, +x and a plain list bring them back.
+        (f"{xla_flags.CPU_CONVOLUTIONS} {YNN}=-dot", (0, 10), False),
+        (f"{xla_flags.CPU_CONVOLUTIONS} {YNN}=+individual_convolution", (0, 10), True),
+        (f"{xla_flags.CPU_CONVOLUTIONS} {YNN}=dot,individual_convolution", (0, 10), True),
+        (f"{xla_flags.CPU_CONVOLUTIONS} {YNN}=dot", (0, 10), False),
+    ],
+)
+def test_whether_ynn_runs_convolutions_follows_the_flags(flags, version, expected):
+    assert xla_flags.ynn_runs_convolutions(flags, version) == expected
+
+
+def test_the_tests_run_with_xla_s_own_convolution_kernels():
+    # tests/conftest.py applies the CLIs' defaults, so `mixed` is tested as the CLIs run it;
+    # and what `ynn_runs_convolutions` says is what XLA compiles (a D-sized convolution,
+    # which jaxlib 0.10 hands to YNN by default).
+    import jax
+    import jax.numpy as jnp
+
+    from dcgan_jax import models
+
+    if xla_flags.CPU_CONVOLUTIONS not in xla_flags.defaults():
+        pytest.skip("this jaxlib does not take the flag")
+    assert not xla_flags.ynn_runs_convolutions()
+    x, kernel = jnp.ones((8, 32, 32, 64)), jnp.ones((4, 4, 64, 128))
+    program = jax.jit(models._pytorch_strided_conv).lower(x, kernel).compile().as_text()
+    assert " convolution(" in program and "__ynn_fusion" not in program
