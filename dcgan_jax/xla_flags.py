@@ -1,4 +1,5 @@
-"""XLA flags that the command-line tools add by default, because they were measured faster.
+"""XLA flags that the command-line tools add by default, because they were measured faster,
+and what they mean for the models (`ynn_runs_convolutions`, read by `models.py`).
 
 Each CLI calls `apply_defaults()` first thing in `main`, before JAX initialises a backend
 (XLA reads XLA_FLAGS once, then). A flag that XLA_FLAGS already names is left as the user
@@ -11,6 +12,7 @@ backend. A flag that only some jaxlib versions know is added only for those
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import re
@@ -48,13 +50,17 @@ def _name(flag: str) -> str:
 
 
 def _fusion_type(name: str) -> str:
-    """'individual_convolution' for 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION' too, with
-    any leading + or - kept."""
-    name = name.strip().lower()
+    """A fusion type as XLA reads it (quotes stripped, any case, with or without the enum's
+    `LIBRARY_FUSION_TYPE_` prefix), lower case and without the prefix, a leading + or -
+    kept: so that every spelling XLA accepts compares equal."""
+    name = name.strip().strip("\"'").lower()
+    if not name:
+        return name
     sign = name[0] if name[0] in "+-" else ""
     return sign + name.lstrip("+-").removeprefix("library_fusion_type_")
 
 
+@functools.cache
 def jaxlib_version() -> tuple[int, int] | None:
     """(major, minor) of the installed jaxlib, None when there is none."""
     try:
@@ -102,11 +108,11 @@ def ynn_runs_convolutions(flags: str | None = None, version: tuple[int, int] | N
         return False
     convolutions = True  # in jaxlib 0.10's default set
     for flag in flags.split():
-        if _name(flag) != _YNN_FUSION_FLAG:
+        if _name(flag) != _YNN_FUSION_FLAG or "=" not in flag:
             continue
         # Each occurrence applies in turn: +x and -y change the set so far, a plain list
         # (or nothing) replaces it.
-        types = [_fusion_type(t) for t in flag.split("=", 1)[1].split(",") if t.strip()]
+        types = [t for t in map(_fusion_type, flag.split("=", 1)[1].split(",")) if t]
         if types and all(t[0] in "+-" for t in types):
             for t in types:
                 if t[1:] == "individual_convolution":

@@ -42,9 +42,10 @@ def test_fast_down_conv_equals_strided_conv(formulation, height, width, c_in):
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
 
 
-# (16, 16, 5): "mixed" takes XLA's native convolution with the matrix product's input
-# gradient (a custom VJP); (4, 4, 3): the matrix-product formulation.
-@pytest.mark.parametrize("height,width,c_in", [(4, 4, 3), (16, 16, 5)])
+# (16, 16, 5) and (8, 8, 8): "mixed" takes XLA's native convolution with the matrix
+# product's input gradient (a custom VJP; on 8x8 inputs where XLA's own convolution kernels
+# run, as in the tests); (4, 4, 3): the matrix-product formulation.
+@pytest.mark.parametrize("height,width,c_in", [(4, 4, 3), (16, 16, 5), (8, 8, 8)])
 def test_fast_convs_have_equal_gradients(height, width, c_in):
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(k1, (2, height, width, c_in))
@@ -66,8 +67,9 @@ def test_mixed_products_take_kernel_gradients_on_a_written_out_transpose_where_w
     # (an optimisation barrier in the program) exactly where the input is wide enough.
     from dcgan_jax.parity import float64_enabled
 
-    # D's matrix-product formulation as `mixed` takes it (on its image layer; the wider
-    # layers take the native convolution, see the test below).
+    # D's matrix-product formulation with `mixed`'s products (what `mixed` takes on D's
+    # image layer, and on the wider ones where YNN runs the convolutions; see the test
+    # below): here on inputs wide enough for the transpose, and not.
     def mixed_matmul_strided_conv(x, kernel):
         return models._matmul_strided_conv(x, kernel, models._mixed_product)
 
