@@ -152,6 +152,17 @@ class CheckpointReadError(UserError):
     ENOMEM, a vanished network mount): not evidence of damage, so nothing is moved."""
 
 
+class DamagedCheckpointError(UserError):
+    """A checkpoint step that cannot be restored: unreadable, not of this model, or not
+    matching its digest. `reason` says what is wrong; `fix`, the advice the message ends
+    with, is for when no other step is usable: where training falls back to an older step,
+    its warning gives the reason alone."""
+
+    def __init__(self, reason: str, fix: str | None = None):
+        self.reason, self.fix = reason, fix
+        super().__init__(f"{reason}." + (f" Fix: {fix}" if fix else ""))
+
+
 # errno values that say the file system or the machine failed, not the checkpoint's bytes.
 _ENVIRONMENT_ERRNOS = frozenset(
     getattr(errno, name)
@@ -206,9 +217,9 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.Co
         restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     except Exception as e:
         _raise_if_environment_error(e, manager, step)
-        raise UserError(
-            f"checkpoint {step} in {manager.directory} is unreadable ({type(e).__name__}). "
-            "Fix: move the damaged step directory aside, or use a new --workdir."
+        raise DamagedCheckpointError(
+            f"checkpoint {step} in {manager.directory} is unreadable ({type(e).__name__})",
+            "move the damaged step directory aside, or use a new --workdir.",
         ) from e
     return default_config.upgrade_legacy_fields(ml_collections.ConfigDict(restored["config"]))
 
@@ -285,15 +296,15 @@ def restore_state(manager: ocp.CheckpointManager, step: int, template):
         restored = manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:
         _raise_if_environment_error(e, manager, step)
-        raise UserError(
+        raise DamagedCheckpointError(
             f"checkpoint {step} in {manager.directory} does not fit this model or is damaged "
-            f"({describe_error(e)}). "
-            "Fix: use a new --workdir, or the config that wrote it."
+            f"({describe_error(e)})",
+            "use a new --workdir, or the config that wrote it.",
         ) from e
     if has_digest and restored["integrity"]["blake2b"] != state_digest(restored["state"]):
-        raise UserError(
+        raise DamagedCheckpointError(
             f"checkpoint {step} in {manager.directory} is damaged: its contents do not match "
-            "the digest saved with them."
+            "the digest saved with them"
         )
     return restored["state"]
 
@@ -316,25 +327,21 @@ def restore_newest_usable(manager: ocp.CheckpointManager, config, template, work
         # A CheckpointReadError (the disk or machine failed) propagates: it is not damage.
         try:
             saved = saved_config(manager, step)
-        except CheckpointReadError:
-            raise
-        except UserError as e:
+        except DamagedCheckpointError as e:
             problems.append((step, e))
             continue
         check_compatible(saved, config, manager.directory)  # a wrong config is not damage
         try:
             state = restore_state(manager, step, template)
-        except CheckpointReadError:
-            raise
-        except UserError as e:
+        except DamagedCheckpointError as e:
             problems.append((step, e))
             continue
         if jax.process_index() == 0:  # one process moves; all see the result after the sync
             for bad_step, error in problems:
                 moved = _move_aside(manager, bad_step, workdir)
-                # Without the error's "Fix: ...": that advice is for when no step is usable.
-                reason = str(error).split(" Fix: ", 1)[0].rstrip(" .")
-                report.warning(f"checkpoint {bad_step} is damaged; moved to {moved} ({reason})")
+                report.warning(
+                    f"checkpoint {bad_step} is damaged; moved to {moved} ({error.reason})"
+                )
         if problems:
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
