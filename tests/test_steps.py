@@ -1,6 +1,5 @@
 import jax
 import numpy as np
-import pytest
 
 from dcgan_jax import train
 from dcgan_jax.steps import step_noise
@@ -37,9 +36,6 @@ def test_two_devices_equal_one_device_with_the_global_batch():
     np.testing.assert_array_equal(m2["d_loss"][0], m2["d_loss"][1])
 
 
-# Bitwise, as users compile: at -O0 (the suite's default) jaxlib 0.7 rounds the normal
-# transform of the jitted and the pmapped program differently, by one ulp.
-@pytest.mark.optimized
 def test_step_noise_is_the_global_noise_split_by_device():
     config = tiny_config(batch_size=8)
     state = train.init_state(config)
