@@ -71,7 +71,7 @@ def step_flops_per_image(config) -> float:
 class JaxRunner:
     """The training step exactly as `train.py` runs it (pmap over all local devices).
 
-    `convolutions` overrides the config's formulation ("matmul", "mixed", "lax"); the runner is
+    `convolutions` overrides the config's formulation (`models.FORMULATIONS`); the runner is
     named after it ("jax matmul") when given. The step is compiled ahead of time, so that
     its memory footprint can be read from the compiled executable.
     """
@@ -332,7 +332,7 @@ def run_benchmark(
     """Runs the comparison and returns the results as a dict (see `format_table`).
 
     Args:
-      jax_convolutions: time one JAX runner per formulation ("matmul", "mixed", "lax"), named
+      jax_convolutions: time one JAX runner per formulation (`models.FORMULATIONS`), named
         "jax matmul", ...; by default one runner, "jax", with the config's `convolutions`.
       min_window_s: each runner's steps per window are raised until one window lasts at
         least this long (fast accelerator steps would otherwise time Python's dispatch).

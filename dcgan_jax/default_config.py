@@ -51,9 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.d_head = "linear"
     # How the stride-2 (transposed) convolutions are computed: "matmul" (as matrix
     # products: much faster under XLA:CPU), "lax" (XLA's native convolutions: cuDNN on GPUs),
+    # "winograd" (Winograd's algorithm: 9/16 of the multiplies, plus transforms),
     # "mixed" ("matmul", but D's wider layers take XLA's native convolution except for their
-    # input gradient: faster still on XLA:CPU) or "auto" (the one measured faster on the
-    # backend in use; see the README's speed section). The same function either way:
+    # input gradient and layers >= 128 channels wide Winograd's: faster still on XLA:CPU) or
+    # "auto" (the one measured faster on the backend in use; see the README's speed
+    # section). The same function either way:
     # results agree to rounding, and checkpoints move freely between them.
     config.convolutions = "auto"
     # bfloat16 activations and convolutions (parameters, BatchNorm statistics and the

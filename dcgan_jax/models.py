@@ -10,10 +10,11 @@ as space-to-depth, im2col and one matrix product; both are exactly equivalent (t
 multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation instead (on
 GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); `"mixed"` is `matmul`
 except that D's wider layers take XLA's native convolution for the output and the kernel
-gradient and the matrix product's input gradient, and that the other matrix products take
-their kernel gradient on a written-out x^T where x is wide and not large (both faster on
-XLA:CPU). The tests
-check that all three agree. `resolve_convolutions` picks one per backend for
+gradient and the matrix product's input gradient, that layers at least 128 channels wide
+take Winograd's algorithm (`winograd.py`: 9/16 of the multiplies), and that the other matrix
+products take their kernel gradient on a written-out x^T where x is wide and not large (all
+faster on XLA:CPU); `"winograd"` takes Winograd's algorithm on every layer. The tests check
+that all of them agree. `resolve_convolutions` picks one per backend for
 `config.convolutions="auto"`.
 """
 
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dcgan_jax import xla_flags
+from dcgan_jax import winograd, xla_flags
 from dcgan_jax.validation import CONVOLUTIONS
 
 # DCGAN initialisation (Radford et al., section 4): weights from N(0, 0.02).
@@ -225,6 +226,21 @@ def _native_conv_bwd(residuals, grad):
 _native_strided_conv_matmul_input_grad.defvjp(_native_conv_fwd, _native_conv_bwd)
 
 
+# `mixed` takes Winograd's algorithm (9/16 of the multiplies, `winograd.py`) on layers whose
+# input and output are both at least this wide. Measured per layer, forward and both
+# gradients, batch 64 (2-core AMD EPYC Zen 5, 2026-12-05): G's 4x4 1024->512 and 8x8
+# 512->256 layers (cifar) 93 and 90 ms against 123 and 124, celeba's 4x4 512->256 and 8x8
+# 256->128 26 and 27 against 30 and 31; D's 16x16 128->256 and 8x8 256->512 (celeba) 27 and
+# 24 against 33 and 29. Narrower, its products are too small to run at the matrix
+# product's rate: G's 16x16 128->64 39 against 39 ms, D's 32x32 64->128 forward 12.7
+# against 9.8 ms.
+WINOGRAD_MIN_CHANNELS = 128
+
+
+def _takes_winograd(x: jax.Array, kernel: jax.Array) -> bool:
+    return min(x.shape[-1], kernel.shape[-1]) >= WINOGRAD_MIN_CHANNELS
+
+
 def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Conv2d(4, stride=2, padding=1), each layer by what XLA:CPU runs faster: the native
     convolution with the matrix product's input gradient on every layer wider than an
@@ -242,6 +258,8 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     slower than the matrix product's (the whole celeba step 0.80x at batch 256, 0.91x at
     128). The matrix products' kernel gradients as in `_mixed_conv_transpose`."""
     batch, height, width, c_in = x.shape
+    if _takes_winograd(x, kernel) and height % 4 == 0 and width % 4 == 0:
+        return winograd.strided_conv(x, kernel)
     native = c_in > 3
     if native and xla_flags.ynn_runs_convolutions():
         native = batch <= 64 and min(height, width) >= 16
@@ -253,7 +271,10 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def _mixed_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """ConvTranspose2d(4, stride=2, padding=1) as `_matmul_conv_transpose`, with the kernel
     gradient's product taken on x^T written out where that is faster on XLA:CPU
-    (`_mixed_product`)."""
+    (`_mixed_product`); by Winograd's algorithm on layers at least `WINOGRAD_MIN_CHANNELS`
+    wide."""
+    if _takes_winograd(x, kernel):
+        return winograd.conv_transpose(x, kernel)
     return _matmul_conv_transpose(x, kernel, _mixed_product)
 
 
@@ -274,11 +295,13 @@ FORMULATIONS = CONVOLUTIONS
 _UP_CONV = {
     "matmul": _matmul_conv_transpose,
     "mixed": _mixed_conv_transpose,
+    "winograd": winograd.conv_transpose,
     "lax": _pytorch_conv_transpose,
 }
 _DOWN_CONV = {
     "matmul": _matmul_strided_conv,
     "mixed": _mixed_strided_conv,
+    "winograd": winograd.strided_conv,
     "lax": _pytorch_strided_conv,
 }
 
@@ -288,13 +311,13 @@ AUTO_CONVOLUTIONS = {"cpu": "mixed", "gpu": "matmul", "tpu": "lax"}
 
 
 def resolve_convolutions(choice: str, backend: str | None = None) -> str:
-    """The formulation ("matmul", "mixed" or "lax") that `config.convolutions=choice` means
-    on `backend` (default: JAX's default backend)."""
+    """The formulation (a `FORMULATIONS` entry) that `config.convolutions=choice` means on
+    `backend` (default: JAX's default backend)."""
     if choice in FORMULATIONS:
         return choice
     if choice != "auto":
         raise ValueError(
-            f"convolutions must be 'auto', 'matmul', 'mixed' or 'lax', got {choice!r}."
+            f"convolutions must be 'auto', 'matmul', 'mixed', 'winograd' or 'lax', got {choice!r}."
         )
     backend = backend or jax.default_backend()
     return AUTO_CONVOLUTIONS.get("gpu" if backend in ("cuda", "rocm") else backend, "lax")
@@ -417,7 +440,7 @@ class Generator(nn.Module):
     image_size: int
     channels: int
     base_features: int
-    convolutions: str = "matmul"  # "matmul", "mixed" or "lax" (see resolve_convolutions)
+    convolutions: str = "matmul"  # a FORMULATIONS entry (see resolve_convolutions)
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
 
@@ -444,7 +467,7 @@ class Discriminator(nn.Module):
     image_size: int
     base_features: int
     head: str = "conv"
-    convolutions: str = "matmul"  # "matmul", "mixed" or "lax" (see resolve_convolutions)
+    convolutions: str = "matmul"  # a FORMULATIONS entry (see resolve_convolutions)
     axis_name: str | None = None
     dtype: jnp.dtype = jnp.float32
 

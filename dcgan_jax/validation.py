@@ -23,7 +23,7 @@ EPOCH_ORDERS = ("permutation", "window")
 SCORE_LOGITS = ("unbiased", "biased")
 # How the strided convolutions are computed (config.convolutions, besides "auto"; see
 # models.resolve_convolutions).
-CONVOLUTIONS = ("matmul", "mixed", "lax")
+CONVOLUTIONS = ("matmul", "mixed", "winograd", "lax")
 
 
 def list_image_files(directory: str) -> list[str]:
@@ -205,7 +205,10 @@ def _field_problem(key: str, value) -> str | None:
             "Fix: --config.input_sharding=process_shares"
         )
     if key == "convolutions" and value not in ("auto", *CONVOLUTIONS):
-        return "must be 'auto', 'matmul', 'mixed' or 'lax'. Fix: --config.convolutions=auto"
+        return (
+            "must be 'auto', 'matmul', 'mixed', 'winograd' or 'lax'. "
+            "Fix: --config.convolutions=auto"
+        )
     if key == "sample_batchnorm" and value not in ("running", "batch"):
         return "must be 'running' or 'batch'. Fix: --config.sample_batchnorm=running"
     if key == "epoch_order" and value not in EPOCH_ORDERS:

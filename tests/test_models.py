@@ -121,6 +121,70 @@ def test_mixed_takes_the_native_convolution_on_d_layers_wider_than_an_image(
     assert takes_native(256, 32, 64) == (not ynn_convolutions)
 
 
+@pytest.mark.parametrize(
+    "up,batch,height,width,c_in,c_out",
+    [
+        (True, 2, 4, 4, 5, 7),
+        (True, 3, 2, 6, 6, 4),
+        (True, 1, 8, 2, 3, 2),
+        (False, 2, 4, 4, 5, 7),
+        (False, 3, 8, 12, 6, 4),
+        (False, 1, 16, 4, 3, 2),
+    ],
+)
+def test_winograd_convolutions_are_the_convolutions(up, batch, height, width, c_in, c_out):
+    # Values and both gradients against lax in float64, where only rounding separates them;
+    # and in float32 within the other formulations' bound.
+    from dcgan_jax.parity import float64_enabled
+
+    ours = models.winograd.conv_transpose if up else models.winograd.strided_conv
+    reference = models._pytorch_conv_transpose if up else models._pytorch_strided_conv
+    rng = np.random.default_rng(height * 100 + width * 10 + c_in)
+    x = rng.standard_normal((batch, height, width, c_in))
+    kernel = rng.standard_normal((4, 4, c_in, c_out))
+    with float64_enabled():
+        expected = reference(jnp.asarray(x), jnp.asarray(kernel))
+        cotangent = jnp.asarray(rng.standard_normal(expected.shape))
+        pullback = lambda f: jax.vjp(f, jnp.asarray(x), jnp.asarray(kernel))[1](cotangent)
+        grads = [pullback(ours), pullback(reference)]
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(
+            ours(jnp.asarray(x), jnp.asarray(kernel)), expected, atol=1e-13 * scale
+        )
+        for a, b in zip(*grads, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-13 * np.abs(b).max())
+    fast = ours(jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32))
+    np.testing.assert_allclose(fast, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_convolutions_refuse_sizes_they_do_not_tile():
+    kernel = jnp.zeros((4, 4, 2, 2))
+    with pytest.raises(ValueError, match="even size"):
+        models.winograd.conv_transpose(jnp.zeros((1, 3, 4, 2)), kernel)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        models.winograd.strided_conv(jnp.zeros((1, 8, 6, 2)), kernel)
+
+
+@pytest.mark.parametrize("up", [True, False])
+def test_mixed_takes_winograd_on_layers_at_least_128_wide(up):
+    conv = models._mixed_conv_transpose if up else models._mixed_strided_conv
+    reference = models._pytorch_conv_transpose if up else models._pytorch_strided_conv
+
+    def program(c_in, c_out):
+        x = jax.ShapeDtypeStruct((2, 4, 4, c_in), jnp.float32)
+        kernel = jax.ShapeDtypeStruct((4, 4, c_in, c_out), jnp.float32)
+        return str(jax.make_jaxpr(conv)(x, kernel))
+
+    # Winograd's 25 (G) or 9 (D) products; the matrix-product or native formulation's 1.
+    products = lambda jaxpr: jaxpr.count("dot_general[")
+    assert products(program(128, 128)) == (25 if up else 9)
+    assert products(program(128, 127)) <= 1 and products(program(127, 512)) <= 1
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.normal(k1, (2, 4, 4, 128))
+    kernel = 0.1 * jax.random.normal(k2, (4, 4, 128, 128))
+    np.testing.assert_allclose(conv(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
+
+
 def _param_counts(config):
     g, d = models.make_models(config)
     state = jax.eval_shape(lambda: create_state(config, g, d))
@@ -197,7 +261,7 @@ def test_auto_convolutions_follow_the_backend_measurements():
     assert models.resolve_convolutions("auto", "cuda") == models.AUTO_CONVOLUTIONS["gpu"]
     assert models.resolve_convolutions("auto", "tpu") == "lax"
     assert models.resolve_convolutions("lax", "cpu") == "lax"
-    with pytest.raises(ValueError, match="'auto', 'matmul', 'mixed' or 'lax'"):
+    with pytest.raises(ValueError, match="'auto', 'matmul', 'mixed', 'winograd' or 'lax'"):
         models.resolve_convolutions("fast", "cpu")
 
 

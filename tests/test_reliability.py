@@ -395,7 +395,9 @@ ACCEPTS = {
     "d_features": _POSITIVE,
     "d_head": lambda v: v in ("conv", "linear") and isinstance(v, str),
     "input_sharding": lambda v: v in ("process_shares", "global_batches") and isinstance(v, str),
-    "convolutions": lambda v: v in ("auto", "matmul", "mixed", "lax") and isinstance(v, str),
+    "convolutions": lambda v: (
+        v in ("auto", "matmul", "mixed", "winograd", "lax") and isinstance(v, str)
+    ),
     "half_precision": lambda v: type(v) is bool,
     "batch_size": lambda v: _POSITIVE(v) and v % NUM_DEVICES == 0,
     "num_train_steps": _POSITIVE,

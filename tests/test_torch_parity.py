@@ -318,7 +318,7 @@ def test_a_cancelling_gradient_is_measured_against_its_network_not_its_own_norm(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("convolutions", ["matmul", "lax"])
+@pytest.mark.parametrize("convolutions", ["matmul", "winograd", "lax"])
 def test_parity_module_measures_agreement_on_this_device(convolutions, seed):
     config = tiny_config(**ARCHITECTURES["cifar"], z_dim=16, batch_size=8)
     for attempt in range(30):  # seeds whose step keeps clear of the ReLU kinks
@@ -353,6 +353,7 @@ def test_float64_gradient_errors_are_float32_rounding_on_the_cpu():
     assert set(errors) == {
         "jax matmul highest",
         "jax mixed highest",
+        "jax winograd highest",
         "jax lax highest",
         "torch highest",
     }
