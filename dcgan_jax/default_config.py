@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     # products: much faster under XLA:CPU), "lax" (XLA's native convolutions: cuDNN on GPUs),
     # "winograd" (Winograd's algorithm: 9/16 of the multiplies, plus transforms),
     # "mixed" ("matmul", but D's wider layers take XLA's native convolution except for their
-    # input gradient and layers >= 128 channels wide Winograd's: faster still on XLA:CPU) or
+    # input gradient and G's layers >= 256 channels wide Winograd's: faster still on XLA:CPU) or
     # "auto" (the one measured faster on the backend in use; see the README's speed
     # section). The same function either way:
     # results agree to rounding, and checkpoints move freely between them.

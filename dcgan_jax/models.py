@@ -10,11 +10,11 @@ as space-to-depth, im2col and one matrix product; both are exactly equivalent (t
 multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation instead (on
 GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); `"mixed"` is `matmul`
 except that D's wider layers take XLA's native convolution for the output and the kernel
-gradient and the matrix product's input gradient, that layers at least 128 channels wide
+gradient and the matrix product's input gradient, that G's layers at least 256 channels wide
 take Winograd's algorithm (`winograd.py`: 9/16 of the multiplies), and that the other matrix
 products take their kernel gradient on a written-out x^T where x is wide and not large (all
-faster on XLA:CPU); `"winograd"` takes Winograd's algorithm on every layer. The tests check
-that all of them agree. `resolve_convolutions` picks one per backend for
+faster on XLA:CPU); `"winograd"` takes Winograd's algorithm on every layer of both models.
+The tests check that all of them agree. `resolve_convolutions` picks one per backend for
 `config.convolutions="auto"`.
 """
 
@@ -226,15 +226,18 @@ def _native_conv_bwd(residuals, grad):
 _native_strided_conv_matmul_input_grad.defvjp(_native_conv_fwd, _native_conv_bwd)
 
 
-# `mixed` takes Winograd's algorithm (9/16 of the multiplies, `winograd.py`) on layers whose
-# input and output are both at least this wide. Measured per layer, forward and both
-# gradients, batch 64 (2-core AMD EPYC Zen 5, 2026-12-05): G's 4x4 1024->512 and 8x8
-# 512->256 layers (cifar) 93 and 90 ms against 123 and 124, celeba's 4x4 512->256 and 8x8
-# 256->128 26 and 27 against 30 and 31; D's 16x16 128->256 and 8x8 256->512 (celeba) 27 and
-# 24 against 33 and 29. Narrower, its products are too small to run at the matrix
-# product's rate: G's 16x16 128->64 39 against 39 ms, D's 32x32 64->128 forward 12.7
-# against 9.8 ms.
-WINOGRAD_MIN_CHANNELS = 128
+# `mixed` takes Winograd's algorithm (9/16 of the multiplies, `winograd.py`) for G's layers
+# whose input and output are both at least this wide. Measured per layer alone, forward plus
+# both gradients, batch 64 (2-core AMD EPYC Zen 5, 2026-12-05 06:08 UTC), ms: cifar's 4x4
+# 1024->512 and 8x8 512->256 layers 93.6 and 85.1 against 122.8 and 117.3; celeba's 4x4
+# 512->256 24.9 against 30.0, its 8x8 256->128 28.4 against 32.7 and 16x16 128->64 38.7
+# against 38.3 (narrow products run below the matrix product's rate). Each such layer adds
+# about a second to the step's compilation (25 products and their transforms in the forward
+# pass and in both gradients): at 128 celeba's step compiled in 6.0 s instead of 4.7 and its
+# first step took 10.1 s, for 2% more images/s. D's layers stay native or matrix products:
+# Winograd's D (convolutions="winograd") was 1.03x on celeba's step for 4.7 s more
+# compilation (first step 16.4 s).
+WINOGRAD_MIN_CHANNELS = 256
 
 
 def _takes_winograd(x: jax.Array, kernel: jax.Array) -> bool:
@@ -258,8 +261,6 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     slower than the matrix product's (the whole celeba step 0.80x at batch 256, 0.91x at
     128). The matrix products' kernel gradients as in `_mixed_conv_transpose`."""
     batch, height, width, c_in = x.shape
-    if _takes_winograd(x, kernel) and height % 4 == 0 and width % 4 == 0:
-        return winograd.strided_conv(x, kernel)
     native = c_in > 3
     if native and xla_flags.ynn_runs_convolutions():
         native = batch <= 64 and min(height, width) >= 16
@@ -272,7 +273,7 @@ def _mixed_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """ConvTranspose2d(4, stride=2, padding=1) as `_matmul_conv_transpose`, with the kernel
     gradient's product taken on x^T written out where that is faster on XLA:CPU
     (`_mixed_product`); by Winograd's algorithm on layers at least `WINOGRAD_MIN_CHANNELS`
-    wide."""
+    wide (faster still, `winograd.conv_transpose`)."""
     if _takes_winograd(x, kernel):
         return winograd.conv_transpose(x, kernel)
     return _matmul_conv_transpose(x, kernel, _mixed_product)

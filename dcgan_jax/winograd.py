@@ -141,9 +141,9 @@ def _up_kernel_transform_bwd(shape, block_grads):
 _up_kernel_transform.defvjp(_up_kernel_transform_fwd, _up_kernel_transform_bwd)
 
 
-def conv_transpose(x: jax.Array, kernel: jax.Array, product=jnp.matmul) -> jax.Array:
+def conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """ConvTranspose2d(4, stride=2, padding=1) of NHWC `x` (even height and width) with the
-    (4, 4, in, out) kernel, as 25 matrix products (`product`) of 9/16 of the multiplies."""
+    (4, 4, in, out) kernel, as 25 matrix products of 9/16 of the multiplies."""
     batch, height, width, c_in = x.shape
     c_out = kernel.shape[-1]
     if height % 2 or width % 2:
@@ -156,7 +156,7 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, product=jnp.matmul) -> jax.A
         transformed = _up_input_transform(by_rows[p], 2)
         for q in range(5):
             uses = [(ph, i, pw, j) for ph, i in _UP_POINT_USES[p] for pw, j in _UP_POINT_USES[q]]
-            result = product(transformed[q].reshape(-1, c_in), blocks[5 * p + q])
+            result = transformed[q].reshape(-1, c_in) @ blocks[5 * p + q]
             for n, (ph, i, pw, j) in enumerate(uses):
                 products[ph, pw, i, j] = result[:, n * c_out : (n + 1) * c_out]
     # Output transform, columns then rows: sub-position 2 * pos + phase of each 4-wide tile.
@@ -242,9 +242,9 @@ def _down_kernel_transform_bwd(shape, block_grads):
 _down_kernel_transform.defvjp(_down_kernel_transform_fwd, _down_kernel_transform_bwd)
 
 
-def strided_conv(x: jax.Array, kernel: jax.Array, product=jnp.matmul) -> jax.Array:
+def strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Conv2d(4, stride=2, padding=1) of NHWC `x` (height and width multiples of 4) with the
-    (4, 4, in, out) kernel, as 9 matrix products (`product`) of 9/16 of the multiplies."""
+    (4, 4, in, out) kernel, as 9 matrix products of 9/16 of the multiplies."""
     batch, height, width, c_in = x.shape
     c_out = kernel.shape[-1]
     if height % 4 or width % 4:
@@ -257,7 +257,7 @@ def strided_conv(x: jax.Array, kernel: jax.Array, product=jnp.matmul) -> jax.Arr
         for q in range(3):
             phases = [transformed[r_h][p][r_w][q] for r_h in range(2) for r_w in range(2)]
             stacked = jnp.stack(phases, axis=3).reshape(-1, 4 * c_in)
-            products[p, q] = product(stacked, blocks[3 * p + q])
+            products[p, q] = stacked @ blocks[3 * p + q]
     rows = []
     for pos_h in range(2):
         cols = [

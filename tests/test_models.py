@@ -165,24 +165,27 @@ def test_winograd_convolutions_refuse_sizes_they_do_not_tile():
         models.winograd.strided_conv(jnp.zeros((1, 8, 6, 2)), kernel)
 
 
-@pytest.mark.parametrize("up", [True, False])
-def test_mixed_takes_winograd_on_layers_at_least_128_wide(up):
-    conv = models._mixed_conv_transpose if up else models._mixed_strided_conv
-    reference = models._pytorch_conv_transpose if up else models._pytorch_strided_conv
-
-    def program(c_in, c_out):
+def test_mixed_takes_winograd_on_generator_layers_at_least_256_wide():
+    def products(conv, c_in, c_out):
         x = jax.ShapeDtypeStruct((2, 4, 4, c_in), jnp.float32)
         kernel = jax.ShapeDtypeStruct((4, 4, c_in, c_out), jnp.float32)
-        return str(jax.make_jaxpr(conv)(x, kernel))
+        return str(jax.make_jaxpr(conv)(x, kernel)).count("dot_general[")
 
-    # Winograd's 25 (G) or 9 (D) products; the matrix-product or native formulation's 1.
-    products = lambda jaxpr: jaxpr.count("dot_general[")
-    assert products(program(128, 128)) == (25 if up else 9)
-    assert products(program(128, 127)) <= 1 and products(program(127, 512)) <= 1
+    # Winograd's 25 products; the matrix-product formulation's 1; D never (native or 1).
+    assert products(models._mixed_conv_transpose, 256, 256) == 25
+    assert products(models._mixed_conv_transpose, 1024, 512) == 25
+    assert products(models._mixed_conv_transpose, 256, 255) == 1
+    assert products(models._mixed_conv_transpose, 255, 512) == 1
+    assert products(models._mixed_strided_conv, 512, 512) <= 1
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-    x = jax.random.normal(k1, (2, 4, 4, 128))
-    kernel = 0.1 * jax.random.normal(k2, (4, 4, 128, 128))
-    np.testing.assert_allclose(conv(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
+    x = jax.random.normal(k1, (2, 4, 4, 256))
+    kernel = 0.1 * jax.random.normal(k2, (4, 4, 256, 256))
+    np.testing.assert_allclose(
+        models._mixed_conv_transpose(x, kernel),
+        models._pytorch_conv_transpose(x, kernel),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def _param_counts(config):
