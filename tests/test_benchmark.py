@@ -101,7 +101,9 @@ def test_suite_dry_run_writes_json_and_tables(tmp_path):
         windows=1,
     )
     (case,) = results["speed"]
-    assert set(case["frameworks"]) == {"jax matmul", "jax mixed", "jax lax", "torch"}
+    from dcgan_jax import models
+
+    assert set(case["frameworks"]) == {f"jax {c}" for c in models.FORMULATIONS} | {"torch"}
     assert case["batch_size"] == 2 and case["model"]["image_size"] == 32
     saved = json.loads((tmp_path / "suite.json").read_text())
     assert saved["speed"][0]["frameworks"]["torch"]["images_per_s"] > 0
