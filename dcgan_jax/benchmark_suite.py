@@ -5,12 +5,13 @@
 
 1. versions and devices;
 2. parity with the PyTorch reference on the device: forward passes and one training step
-   from the same weights, for both convolution formulations, with TF32 off on both sides
+   from the same weights, for each convolution formulation, with TF32 off on both sides
    ("highest") and, for CIFAR-10, at each framework's default precision (TF32 on Ampere and
    later GPUs); and each half-step of that step from identical inputs, both sides'
    gradients against float64 (parity.half_step_errors: the CPU tests' bound);
 3. speed: configs/cifar.py and configs/celeba.py at batch 64 and 256, fp32 and bf16; JAX
-   with each convolution formulation ("matmul" and XLA's native "lax" convolutions) against
+   with each convolution formulation (`models.FORMULATIONS`; "winograd" adds the most
+   compile time) against
    PyTorch eager and (on CUDA, or with --torch_compile) torch.compile in
    `--torch_compile_mode` (`reduce-overhead`: CUDA graphs): images/s, step ms, first-step
    time, each side's peak device memory;

@@ -52,8 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     # How the stride-2 (transposed) convolutions are computed: "matmul" (as matrix
     # products: much faster under XLA:CPU), "lax" (XLA's native convolutions: cuDNN on GPUs),
     # "winograd" (Winograd's algorithm: 9/16 of the multiplies, plus transforms),
-    # "mixed" ("matmul", but D's wider layers take XLA's native convolution except for their
-    # input gradient and G's layers >= 256 channels wide Winograd's: faster still on XLA:CPU) or
+    # "mixed" ("matmul", except that D's wider layers take XLA's native convolution but the
+    # matrix product's input gradient, and that G's layers whose input and output are both
+    # >= 256 channels wide take Winograd's algorithm: faster still on XLA:CPU) or
     # "auto" (the one measured faster on the backend in use; see the README's speed
     # section). The same function either way:
     # results agree to rounding, and checkpoints move freely between them.

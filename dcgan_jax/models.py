@@ -10,10 +10,11 @@ as space-to-depth, im2col and one matrix product; both are exactly equivalent (t
 multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation instead (on
 GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); `"mixed"` is `matmul`
 except that D's wider layers take XLA's native convolution for the output and the kernel
-gradient and the matrix product's input gradient, that G's layers at least 256 channels wide
-take Winograd's algorithm (`winograd.py`: 9/16 of the multiplies), and that the other matrix
-products take their kernel gradient on a written-out x^T where x is wide and not large (all
-faster on XLA:CPU); `"winograd"` takes Winograd's algorithm on every layer of both models.
+gradient and the matrix product's input gradient, that G's layers whose input and output
+are both at least 256 channels wide take Winograd's algorithm (`winograd.py`: 9/16 of the
+multiplies), and that the other matrix products take their kernel gradient on a written-out
+x^T where x is wide and not large (all faster on XLA:CPU); `"winograd"` takes Winograd's
+algorithm on every layer of both models.
 The tests check that all of them agree. `resolve_convolutions` picks one per backend for
 `config.convolutions="auto"`.
 """
@@ -235,8 +236,8 @@ _native_strided_conv_matmul_input_grad.defvjp(_native_conv_fwd, _native_conv_bwd
 # about a second to the step's compilation (25 products and their transforms in the forward
 # pass and in both gradients): at 128 celeba's step compiled in 6.0 s instead of 4.7 and its
 # first step took 10.1 s, for 2% more images/s. D's layers stay native or matrix products:
-# Winograd's D (convolutions="winograd") was 1.03x on celeba's step for 4.7 s more
-# compilation (first step 16.4 s).
+# Winograd on D's layers at least 128 wide was 1.03x on celeba's step for 4.7 s more
+# compilation (with G's as well, the first step took 16.4 s).
 WINOGRAD_MIN_CHANNELS = 256
 
 
@@ -272,8 +273,8 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def _mixed_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """ConvTranspose2d(4, stride=2, padding=1) as `_matmul_conv_transpose`, with the kernel
     gradient's product taken on x^T written out where that is faster on XLA:CPU
-    (`_mixed_product`); by Winograd's algorithm on layers at least `WINOGRAD_MIN_CHANNELS`
-    wide (faster still, `winograd.conv_transpose`)."""
+    (`_mixed_product`); by Winograd's algorithm (faster still, `winograd.conv_transpose`)
+    where input and output are both at least `WINOGRAD_MIN_CHANNELS` wide."""
     if _takes_winograd(x, kernel):
         return winograd.conv_transpose(x, kernel)
     return _matmul_conv_transpose(x, kernel, _mixed_product)
@@ -288,10 +289,12 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
 # The formulations of each strided convolution: the same function, different kernels.
 # Read when a model is traced; compiled programs are shared between equal models (state.py),
 # so a prototype that swaps entries within a process must call jax.clear_caches().
-# "mixed" differs from "matmul" in D's wider layers and in how the kernel gradients of the
-# matrix products are taken (`_mixed_product`): G's transposed convolutions are matrix
-# products in both (XLA:CPU's native kernel gradient of a transposed convolution is 40-80x
-# slower).
+# "mixed" differs from "matmul" in D's wider layers, in G's layers whose input and output
+# are both at least `WINOGRAD_MIN_CHANNELS` wide (Winograd's algorithm) and in how the
+# kernel gradients of the matrix products are taken (`_mixed_product`); G's other
+# transposed convolutions are matrix products in both (XLA:CPU's native kernel gradient of
+# a transposed convolution is 40-80x slower). Winograd's transforms have custom VJPs, so
+# forward-mode differentiation (jax.jvp, jacfwd) does not pass through its layers.
 FORMULATIONS = CONVOLUTIONS
 _UP_CONV = {
     "matmul": _matmul_conv_transpose,

@@ -314,7 +314,9 @@ def strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     rows = []
     for pos_h in range(2):
         cols = [
-            sum(products[p, q] for p in (pos_h, pos_h + 1) for q in (pos_w, pos_w + 1))
+            _signed_sum(
+                [(products[p, q], 1) for p in (pos_h, pos_h + 1) for q in (pos_w, pos_w + 1)]
+            )
             for pos_w in range(2)
         ]
         rows.append(jnp.stack(cols, axis=1).reshape(batch, height // 4, width // 2, c_out))

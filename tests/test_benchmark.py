@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from dcgan_jax import benchmark
+from dcgan_jax import benchmark, models
 from tests import commands
 from tests.conftest import tiny_config
 
@@ -101,8 +101,6 @@ def test_suite_dry_run_writes_json_and_tables(tmp_path):
         windows=1,
     )
     (case,) = results["speed"]
-    from dcgan_jax import models
-
     assert set(case["frameworks"]) == {f"jax {c}" for c in models.FORMULATIONS} | {"torch"}
     assert case["batch_size"] == 2 and case["model"]["image_size"] == 32
     saved = json.loads((tmp_path / "suite.json").read_text())

@@ -157,6 +157,26 @@ def test_winograd_convolutions_are_the_convolutions(up, batch, height, width, c_
     np.testing.assert_allclose(fast, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("up", [True, False])
+def test_winograd_convolutions_in_bfloat16_round_like_bfloat16(up):
+    # `mixed` takes Winograd under half_precision too: the transforms round to bfloat16
+    # before the products, a few roundings of 2^-9 each, so the error stays within 2^-6 of
+    # the result's RMS (measured: about twice the direct sum's).
+    from dcgan_jax.parity import float64_enabled
+
+    ours = models.winograd.conv_transpose if up else models.winograd.strided_conv
+    reference = models._pytorch_conv_transpose if up else models._pytorch_strided_conv
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 8, 8, 32))
+    kernel = 0.05 * rng.standard_normal((4, 4, 32, 16))
+    with float64_enabled():
+        expected = np.asarray(reference(jnp.asarray(x), jnp.asarray(kernel)))
+    got = ours(jnp.asarray(x, jnp.bfloat16), jnp.asarray(kernel, jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    error = np.asarray(got, np.float64) - expected
+    assert np.sqrt(np.mean(error**2) / np.mean(expected**2)) < 2**-6
+
+
 def test_winograd_convolutions_refuse_sizes_they_do_not_tile():
     kernel = jnp.zeros((4, 4, 2, 2))
     with pytest.raises(ValueError, match="even size"):
@@ -171,7 +191,8 @@ def test_mixed_takes_winograd_on_generator_layers_at_least_256_wide():
         kernel = jax.ShapeDtypeStruct((4, 4, c_in, c_out), jnp.float32)
         return str(jax.make_jaxpr(conv)(x, kernel)).count("dot_general[")
 
-    # Winograd's 25 products; the matrix-product formulation's 1; D never (native or 1).
+    # Winograd's 25 products; the matrix-product formulation's 1; D never Winograd's 9 (its
+    # native (0) or matrix-product (1) paths are the test above's).
     assert products(models._mixed_conv_transpose, 256, 256) == 25
     assert products(models._mixed_conv_transpose, 1024, 512) == 25
     assert products(models._mixed_conv_transpose, 256, 255) == 1
