@@ -47,6 +47,11 @@ def _signed_sum(terms: list[tuple[jax.Array, int]]) -> jax.Array:
     return total
 
 
+def _kernel_from_taps(tap) -> jax.Array:
+    """The (4, 4, in, out) kernel (or its gradient) whose tap (h, w) is `tap(h, w)`."""
+    return jnp.stack([jnp.stack([tap(h, w) for w in range(4)]) for h in range(4)])
+
+
 def _polyphase(x: jax.Array, axis: int, factor: int) -> list[jax.Array]:
     """The `factor` polyphase components of `x` along `axis`: [x[factor*k + i] for i]."""
     shape = x.shape
@@ -153,20 +158,10 @@ def _up_kernel_transform_bwd(shape, block_grads):
         [(r, s) for r, (_, taps) in enumerate(_UP_KERNEL_ROWS) for t, s in taps if t == tap]
         for tap in range(4)
     ]
-    taps = [
-        [
-            _signed_sum(
-                [
-                    (piece[row_h, row_w], s_h * s_w)
-                    for row_h, s_h in rows_of_tap[tap_h]
-                    for row_w, s_w in rows_of_tap[tap_w]
-                ]
-            )
-            for tap_w in range(4)
-        ]
-        for tap_h in range(4)
-    ]
-    return (jnp.stack([jnp.stack(row) for row in taps]),)
+    tap = lambda h, w: _signed_sum(
+        [(piece[r_h, r_w], s_h * s_w) for r_h, s_h in rows_of_tap[h] for r_w, s_w in rows_of_tap[w]]
+    )
+    return (_kernel_from_taps(tap),)
 
 
 _up_kernel_transform.defvjp(_up_kernel_transform_fwd, _up_kernel_transform_bwd)
@@ -276,20 +271,10 @@ def _down_kernel_transform_bwd(shape, block_grads):
     c_in, c_out = shape[2], shape[3]
     grads = [g.reshape(2, 2, c_in, c_out) for g in block_grads]
     points_of = ((0, 1), (1, 2))  # the points that sum g0, g1
-    taps = [
-        [
-            _signed_sum(
-                [
-                    (grads[3 * p + q][tap_h % 2, tap_w % 2], 1)
-                    for p in points_of[tap_h // 2]
-                    for q in points_of[tap_w // 2]
-                ]
-            )
-            for tap_w in range(4)
-        ]
-        for tap_h in range(4)
-    ]
-    return (jnp.stack([jnp.stack(row) for row in taps]),)
+    tap = lambda h, w: _signed_sum(
+        [(grads[3 * p + q][h % 2, w % 2], 1) for p in points_of[h // 2] for q in points_of[w // 2]]
+    )
+    return (_kernel_from_taps(tap),)
 
 
 _down_kernel_transform.defvjp(_down_kernel_transform_fwd, _down_kernel_transform_bwd)
