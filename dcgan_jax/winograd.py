@@ -18,14 +18,10 @@ coefficients of +-1: about twice the float32 rounding of the direct sum, README 
   four (row, column) phases of a transform point share one product over 4C channels, so a
   layer is 9 products of (B*H*W/16, 4C) @ (4C, O).
 
-The kernels' transforms have custom gradients that add each tap's contributions directly:
-written as slices of the kernel, XLA:CPU computed the kernel gradient from a pad per use
-(15-19 ms for cifar G's 4x4 layer, against the 2 ms of the additions).
+The transforms' gradients are written out (`_with_transpose`).
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +41,24 @@ def _signed_sum(terms: list[tuple[jax.Array, int]]) -> jax.Array:
         term = term if sign > 0 else -term
         total = term if total is None else total + term
     return total
+
+
+def _with_transpose(transpose, nondiff_argnums=()):
+    """Decorates a linear map so that its gradient is `transpose(*nondiff_args, cotangent)`.
+
+    Each transform here has one: as autodiff transposes their slices, XLA:CPU computed the
+    kernel gradient from a pad per use (15-19 ms for cifar G's 4x4 layer, against the 2 ms
+    of the additions) and compiled a pad per term of the input gradient."""
+
+    def decorate(linear):
+        function = jax.custom_vjp(linear, nondiff_argnums=nondiff_argnums)
+        function.defvjp(
+            lambda *args: (linear(*args), None),
+            lambda *args: (transpose(*args[:-2], args[-1]),),
+        )
+        return function
+
+    return decorate
 
 
 def _kernel_from_taps(tap) -> jax.Array:
@@ -67,11 +81,11 @@ def _interleaved(parts: list[jax.Array], axis: int) -> jax.Array:
 
 
 # --- ConvTranspose2d ----------------------------------------------------------------------
-# Per dimension, the five distinct transformed inputs ("points") of an output tile, and the
-# (phase, F(2, 2) index) that each serves: the even rows' filter uses points 0-2, the odd
-# rows' points 2-4 (point 2 negated for the odd rows, which the kernel transform carries).
-_UP_POINT_USES = ((0, 0),), ((0, 1),), ((0, 2), (1, 0)), ((1, 1),), ((1, 2),)
-# The kernel transform per dimension: a row per (point, use), a signed sum of taps.
+# Per dimension, an output tile has five distinct transformed inputs ("points"): the even
+# rows' filter uses points 0-2, the odd rows' points 2-4 (point 2 negated for the odd rows,
+# which the kernel transform carries). The kernel transform per dimension has a row per
+# (point, use), a signed sum of taps, ordered by the use: row r serves phase r // 3 (even,
+# odd) at F(2, 2) index r % 3.
 _UP_KERNEL_ROWS = (
     (0, ((3, 1),)),
     (1, ((3, 1), (1, 1))),
@@ -83,9 +97,20 @@ _UP_KERNEL_ROWS = (
 _UP_ROWS_OF_POINT = [
     [r for r, (point, _) in enumerate(_UP_KERNEL_ROWS) if point == p] for p in range(5)
 ]
+# The (phase, F(2, 2) index) of each use of each point, in its kernel block's column order.
+_UP_POINT_USES = [[divmod(r, 3) for r in rows] for rows in _UP_ROWS_OF_POINT]
 
 
-def _up_input_transform_impl(x: jax.Array, axis: int) -> list[jax.Array]:
+def _up_input_transform_transpose(axis, grads):
+    a, b, c, d, e = grads
+    even = b - a - c + _shifted(e, axis, 1)
+    odd = _shifted(a, axis, -1) + c + d - e
+    return _interleaved([even, odd], axis)
+
+
+@_with_transpose(_up_input_transform_transpose, nondiff_argnums=(1,))
+def _up_input_transform(x: jax.Array, axis: int) -> list[jax.Array]:
+    """The five transformed inputs per tile along `axis` (which halves)."""
     even, odd = _polyphase(x, axis, 2)
     # Even rows' window (x[2k-1], x[2k], x[2k+1]); odd rows' (x[2k], x[2k+1], x[2k+2]).
     return [
@@ -97,54 +122,8 @@ def _up_input_transform_impl(x: jax.Array, axis: int) -> list[jax.Array]:
     ]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _up_input_transform(x: jax.Array, axis: int) -> list[jax.Array]:
-    """The five transformed inputs per tile along `axis` (which halves). Its gradient is
-    written out as two sums of four terms, interleaved: as autodiff transposes the slices,
-    XLA:CPU compiled a pad per term (about half of a layer's compile time)."""
-    return _up_input_transform_impl(x, axis)
-
-
-def _up_input_transform_fwd(x, axis):
-    return _up_input_transform_impl(x, axis), None
-
-
-def _up_input_transform_bwd(axis, _, grads):
-    a, b, c, d, e = grads
-    even = b - a - c + _shifted(e, axis, 1)
-    odd = _shifted(a, axis, -1) + c + d - e
-    return (_interleaved([even, odd], axis),)
-
-
-_up_input_transform.defvjp(_up_input_transform_fwd, _up_input_transform_bwd)
-
-
-def _up_kernel_transform_impl(kernel: jax.Array) -> tuple[jax.Array, ...]:
-    by_row = [_signed_sum([(kernel[t], s) for t, s in taps]) for _, taps in _UP_KERNEL_ROWS]
-    blocks = []
-    for p in range(5):
-        for q in range(5):
-            pieces = [
-                _signed_sum([(by_row[row_h][t], s) for t, s in _UP_KERNEL_ROWS[row_w][1]])
-                for row_h in _UP_ROWS_OF_POINT[p]
-                for row_w in _UP_ROWS_OF_POINT[q]
-            ]
-            blocks.append(jnp.concatenate(pieces, axis=1))
-    return tuple(blocks)
-
-
-@jax.custom_vjp
-def _up_kernel_transform(kernel: jax.Array) -> tuple[jax.Array, ...]:
-    """The 25 (C, uses * O) kernel blocks of `conv_transpose`, point (p, q) at 5p + q."""
-    return _up_kernel_transform_impl(kernel)
-
-
-def _up_kernel_transform_fwd(kernel):
-    return _up_kernel_transform_impl(kernel), kernel.shape
-
-
-def _up_kernel_transform_bwd(shape, block_grads):
-    c_in, c_out = shape[2], shape[3]
+def _up_kernel_transform_transpose(block_grads):
+    c_in, c_out = block_grads[0].shape  # point (0, 0) serves one phase pair
     piece = {}
     for p in range(5):
         rows_h = _UP_ROWS_OF_POINT[p]
@@ -161,10 +140,23 @@ def _up_kernel_transform_bwd(shape, block_grads):
     tap = lambda h, w: _signed_sum(
         [(piece[r_h, r_w], s_h * s_w) for r_h, s_h in rows_of_tap[h] for r_w, s_w in rows_of_tap[w]]
     )
-    return (_kernel_from_taps(tap),)
+    return _kernel_from_taps(tap)
 
 
-_up_kernel_transform.defvjp(_up_kernel_transform_fwd, _up_kernel_transform_bwd)
+@_with_transpose(_up_kernel_transform_transpose)
+def _up_kernel_transform(kernel: jax.Array) -> tuple[jax.Array, ...]:
+    """The 25 (C, uses * O) kernel blocks of `conv_transpose`, point (p, q) at 5p + q."""
+    by_row = [_signed_sum([(kernel[t], s) for t, s in taps]) for _, taps in _UP_KERNEL_ROWS]
+    blocks = []
+    for p in range(5):
+        for q in range(5):
+            pieces = [
+                _signed_sum([(by_row[row_h][t], s) for t, s in _UP_KERNEL_ROWS[row_w][1]])
+                for row_h in _UP_ROWS_OF_POINT[p]
+                for row_w in _UP_ROWS_OF_POINT[q]
+            ]
+            blocks.append(jnp.concatenate(pieces, axis=1))
+    return tuple(blocks)
 
 
 def conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -205,7 +197,20 @@ def conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
 _DOWN_POINT_TAPS = ((0,), (0, 1), (1,))
 
 
-def _down_input_transform_impl(x: jax.Array, axis: int) -> list[list[jax.Array]]:
+def _down_input_transform_transpose(axis, grads):
+    (a0, b0, c0), (a1, b1, c1) = grads
+    x0 = a1 + _shifted(c1, axis, 1)
+    x1 = b0 - a0 - c0
+    x2 = b1 - a1 - c1
+    x3 = _shifted(a0, axis, -1) + c0
+    return _interleaved([x0, x1, x2, x3], axis)
+
+
+@_with_transpose(_down_input_transform_transpose, nondiff_argnums=(1,))
+def _down_input_transform(x: jax.Array, axis: int) -> list[list[jax.Array]]:
+    """[phase][point]: the padded input's phase r is x[2j + r - 1]; a 2-output tile k reads
+    its samples 2k..2k+2, i.e. x[4k + r - 1 .. 4k + r + 3] in steps of 2. The axis shrinks
+    4x."""
     x0, x1, x2, x3 = _polyphase(x, axis, 4)
     return [
         [_shifted(x3, axis, 1) - x1, x1, x3 - x1],
@@ -213,31 +218,20 @@ def _down_input_transform_impl(x: jax.Array, axis: int) -> list[list[jax.Array]]
     ]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _down_input_transform(x: jax.Array, axis: int) -> list[list[jax.Array]]:
-    """[phase][point]: the padded input's phase r is x[2j + r - 1]; a 2-output tile k reads
-    its samples 2k..2k+2, i.e. x[4k + r - 1 .. 4k + r + 3] in steps of 2. The axis shrinks
-    4x; the gradient is written out as for `_up_input_transform`."""
-    return _down_input_transform_impl(x, axis)
+def _down_kernel_transform_transpose(block_grads):
+    four_c_in, c_out = block_grads[0].shape
+    grads = [g.reshape(2, 2, four_c_in // 4, c_out) for g in block_grads]
+    points_of = ((0, 1), (1, 2))  # the points that sum g0, g1
+    tap = lambda h, w: _signed_sum(
+        [(grads[3 * p + q][h % 2, w % 2], 1) for p in points_of[h // 2] for q in points_of[w // 2]]
+    )
+    return _kernel_from_taps(tap)
 
 
-def _down_input_transform_fwd(x, axis):
-    return _down_input_transform_impl(x, axis), None
-
-
-def _down_input_transform_bwd(axis, _, grads):
-    (a0, b0, c0), (a1, b1, c1) = grads
-    x0 = a1 + _shifted(c1, axis, 1)
-    x1 = b0 - a0 - c0
-    x2 = b1 - a1 - c1
-    x3 = _shifted(a0, axis, -1) + c0
-    return (_interleaved([x0, x1, x2, x3], axis),)
-
-
-_down_input_transform.defvjp(_down_input_transform_fwd, _down_input_transform_bwd)
-
-
-def _down_kernel_transform_impl(kernel: jax.Array) -> tuple[jax.Array, ...]:
+@_with_transpose(_down_kernel_transform_transpose)
+def _down_kernel_transform(kernel: jax.Array) -> tuple[jax.Array, ...]:
+    """The 9 (4C, O) kernel blocks of `strided_conv`, point (p, q) at 3p + q, rows ordered
+    (phase_h, phase_w, channel)."""
     blocks = []
     for p in range(3):
         for q in range(3):
@@ -254,30 +248,6 @@ def _down_kernel_transform_impl(kernel: jax.Array) -> tuple[jax.Array, ...]:
             ]
             blocks.append(jnp.stack(phases).reshape(-1, kernel.shape[-1]))
     return tuple(blocks)
-
-
-@jax.custom_vjp
-def _down_kernel_transform(kernel: jax.Array) -> tuple[jax.Array, ...]:
-    """The 9 (4C, O) kernel blocks of `strided_conv`, point (p, q) at 3p + q, rows ordered
-    (phase_h, phase_w, channel)."""
-    return _down_kernel_transform_impl(kernel)
-
-
-def _down_kernel_transform_fwd(kernel):
-    return _down_kernel_transform_impl(kernel), kernel.shape
-
-
-def _down_kernel_transform_bwd(shape, block_grads):
-    c_in, c_out = shape[2], shape[3]
-    grads = [g.reshape(2, 2, c_in, c_out) for g in block_grads]
-    points_of = ((0, 1), (1, 2))  # the points that sum g0, g1
-    tap = lambda h, w: _signed_sum(
-        [(grads[3 * p + q][h % 2, w % 2], 1) for p in points_of[h // 2] for q in points_of[w // 2]]
-    )
-    return (_kernel_from_taps(tap),)
-
-
-_down_kernel_transform.defvjp(_down_kernel_transform_fwd, _down_kernel_transform_bwd)
 
 
 def strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
