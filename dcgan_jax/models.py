@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dcgan_jax import winograd, xla_flags
-from dcgan_jax.validation import CONVOLUTIONS
+from dcgan_jax.validation import CONVOLUTION_CHOICES, CONVOLUTIONS
 
 # DCGAN initialisation (Radford et al., section 4): weights from N(0, 0.02).
 dcgan_kernel_init = nn.initializers.normal(stddev=0.02)
@@ -320,9 +320,7 @@ def resolve_convolutions(choice: str, backend: str | None = None) -> str:
     if choice in FORMULATIONS:
         return choice
     if choice != "auto":
-        raise ValueError(
-            f"convolutions must be 'auto', 'matmul', 'mixed', 'winograd' or 'lax', got {choice!r}."
-        )
+        raise ValueError(f"convolutions must be {CONVOLUTION_CHOICES}, got {choice!r}.")
     backend = backend or jax.default_backend()
     return AUTO_CONVOLUTIONS.get("gpu" if backend in ("cuda", "rocm") else backend, "lax")
 

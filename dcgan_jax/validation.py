@@ -24,6 +24,9 @@ SCORE_LOGITS = ("unbiased", "biased")
 # How the strided convolutions are computed (config.convolutions, besides "auto"; see
 # models.resolve_convolutions).
 CONVOLUTIONS = ("matmul", "mixed", "winograd", "lax")
+# The values config.convolutions takes, as its error messages list them.
+CONVOLUTION_CHOICES = ", ".join(repr(c) for c in ("auto", *CONVOLUTIONS[:-1]))
+CONVOLUTION_CHOICES += f" or {CONVOLUTIONS[-1]!r}"
 
 
 def list_image_files(directory: str) -> list[str]:
@@ -205,10 +208,7 @@ def _field_problem(key: str, value) -> str | None:
             "Fix: --config.input_sharding=process_shares"
         )
     if key == "convolutions" and value not in ("auto", *CONVOLUTIONS):
-        return (
-            "must be 'auto', 'matmul', 'mixed', 'winograd' or 'lax'. "
-            "Fix: --config.convolutions=auto"
-        )
+        return f"must be {CONVOLUTION_CHOICES}. Fix: --config.convolutions=auto"
     if key == "sample_batchnorm" and value not in ("running", "batch"):
         return "must be 'running' or 'batch'. Fix: --config.sample_batchnorm=running"
     if key == "epoch_order" and value not in EPOCH_ORDERS:
