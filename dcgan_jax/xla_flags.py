@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import re
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 # The GPU's matrix products through cuBLAS rather than Triton-generated kernels. On an
 # NVIDIA H100 (jax 0.11.2) it was faster in all six cases measured (1.02-1.18x images/s:
@@ -41,6 +43,20 @@ CPU_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convoluti
 CPU_CONVOLUTIONS_JAXLIB = ((0, 9), (0, 11))  # [lowest, first version not checked)
 # jaxlib 0.9 knows the flag but leaves convolutions to XLA's own kernels anyway.
 YNN_CONVOLUTIONS_FROM_JAXLIB = (0, 10)
+
+# LLVM's loop strength reduction and loop unrolling off in the code XLA generates (on the CPU:
+# the fused elementwise kernels and XLA's own convolutions; the matrix products are library
+# code). Compilation is most of the time to the first step, and these two passes took much
+# of it: on a 2-core AMD EPYC (Zen 5), jaxlib 0.10.2, the cifar step compiled in 4.2-4.4 s
+# instead of 5.3 (first step 7.6 against 9.0 s) and celeba's in 4.0-4.4 s instead of 4.7-4.8,
+# with the steps as fast (three alternating runs of 16 steps each: cifar 297, 289, 307 ms
+# against 317, 300, 310; celeba 446, 453, 444 against 445, 446, 448; README "On this CPU").
+# The options are LLVM's, and LLVM also builds the GPU's kernels, so the flag is added only
+# where no accelerator plugin is installed or JAX_PLATFORMS is "cpu" (`cpu_only`).
+CPU_COMPILE = "--xla_backend_extra_options=-disable-lsr,-unroll-threshold=0"
+# jaxlib versions whose LLVM was checked to know both options (an unknown one stops XLA):
+# 0.10.2.
+CPU_COMPILE_JAXLIB = ((0, 10), (0, 11))
 
 _YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
@@ -71,26 +87,57 @@ def jaxlib_version() -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def defaults(version: tuple[int, int] | None = None) -> tuple[str, ...]:
-    """The flags added by default under jaxlib `version` (default: the installed one)."""
+def cpu_only(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether JAX will run on the CPU alone: JAX_PLATFORMS is "cpu", or no accelerator
+    plugin is installed (JAX's `jax_plugins` entry points and namespace, libtpu)."""
+    platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms == "cpu"
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return False
+    namespace = importlib.util.find_spec("jax_plugins")
+    if namespace is not None and any(
+        pkgutil.iter_modules(namespace.submodule_search_locations or [])
+    ):
+        return False
+    return importlib.util.find_spec("libtpu") is None
+
+
+def _within(version: tuple[int, int] | None, checked: tuple[tuple[int, int], ...]) -> bool:
+    lowest, first_unchecked = checked
+    return version is not None and lowest <= version < first_unchecked
+
+
+def defaults(
+    version: tuple[int, int] | None = None, cpu_only_process: bool | None = None
+) -> tuple[str, ...]:
+    """The flags added by default under jaxlib `version` (default: the installed one) in a
+    process that runs on the CPU alone or not (default: `cpu_only()`)."""
     version = jaxlib_version() if version is None else version
-    lowest, first_unchecked = CPU_CONVOLUTIONS_JAXLIB
-    if version is not None and lowest <= version < first_unchecked:
-        return (GPU_GEMMS, CPU_CONVOLUTIONS)
-    return (GPU_GEMMS,)
+    flags = [GPU_GEMMS]
+    if _within(version, CPU_CONVOLUTIONS_JAXLIB):
+        flags.append(CPU_CONVOLUTIONS)
+    if _within(version, CPU_COMPILE_JAXLIB):
+        if cpu_only() if cpu_only_process is None else cpu_only_process:
+            flags.append(CPU_COMPILE)
+    return tuple(flags)
 
 
-def with_defaults(flags: str, version: tuple[int, int] | None = None) -> str:
-    """`flags` (an XLA_FLAGS value) with each of `defaults(version)` appended that it does
-    not name."""
+def with_defaults(
+    flags: str, version: tuple[int, int] | None = None, cpu_only_process: bool | None = None
+) -> str:
+    """`flags` (an XLA_FLAGS value) with each of `defaults(version, cpu_only_process)`
+    appended that it does not name."""
     named = {_name(flag) for flag in flags.split()}
-    missing = [flag for flag in defaults(version) if _name(flag) not in named]
+    added = defaults(version, cpu_only_process)
+    missing = [flag for flag in added if _name(flag) not in named]
     return " ".join([flags.strip(), *missing]).strip()
 
 
 def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     """Sets XLA_FLAGS to `with_defaults` of its value."""
-    environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))
+    flags = with_defaults(environ.get("XLA_FLAGS", ""), cpu_only_process=cpu_only(environ))
+    environ["XLA_FLAGS"] = flags
 
 
 def ynn_runs_convolutions(flags: str | None = None, version: tuple[int, int] | None = None) -> bool:

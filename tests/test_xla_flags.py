@@ -1,6 +1,7 @@
 """The XLA flags the CLIs add by default (dcgan_jax/xla_flags.py)."""
 
 import importlib
+import importlib.metadata
 
 import pytest
 
@@ -50,9 +51,38 @@ def test_the_cpu_convolution_flag_only_for_jaxlib_versions_that_know_it():
     assert xla_flags.CPU_CONVOLUTIONS in xla_flags.defaults((0, 10))
     assert xla_flags.CPU_CONVOLUTIONS in xla_flags.defaults((0, 9))
     for version in ((0, 8), (0, 11), (1, 0)):
-        assert xla_flags.defaults(version) == (xla_flags.GPU_GEMMS,)
+        assert xla_flags.defaults(version, cpu_only_process=False) == (xla_flags.GPU_GEMMS,)
         assert xla_flags.CPU_CONVOLUTIONS not in xla_flags.with_defaults("", version)
     assert xla_flags.jaxlib_version() is not None
+
+
+def test_the_cpu_compile_flag_only_for_cpu_only_processes_and_checked_jaxlib():
+    # LLVM options: an unknown one stops XLA, and LLVM also builds GPU kernels.
+    assert xla_flags.CPU_COMPILE in xla_flags.defaults((0, 10), cpu_only_process=True)
+    assert xla_flags.CPU_COMPILE not in xla_flags.defaults((0, 10), cpu_only_process=False)
+    for version in ((0, 9), (0, 11)):
+        assert xla_flags.CPU_COMPILE not in xla_flags.defaults(version, cpu_only_process=True)
+    flags = xla_flags.with_defaults("", (0, 10), cpu_only_process=False).split()
+    assert flags == [xla_flags.GPU_GEMMS, xla_flags.CPU_CONVOLUTIONS]
+
+
+def test_cpu_only_reads_jax_platforms_then_the_installed_plugins(monkeypatch):
+    assert xla_flags.cpu_only({"JAX_PLATFORMS": "cpu"})
+    assert not xla_flags.cpu_only({"JAX_PLATFORMS": "cuda"})
+    assert not xla_flags.cpu_only({"JAX_PLATFORMS": "cuda,cpu"})
+    # This test environment installs no accelerator plugin.
+    assert xla_flags.cpu_only({})
+    plugin = importlib.metadata.EntryPoint("cuda", "jax_plugins.xla_cuda12", "jax_plugins")
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda group=None: [plugin] if group == "jax_plugins" else [],
+    )
+    assert not xla_flags.cpu_only({})
+    assert xla_flags.cpu_only({"JAX_PLATFORMS": "cpu"})
+    environ = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cuda"}
+    xla_flags.apply_defaults(environ)
+    assert xla_flags.CPU_COMPILE not in environ["XLA_FLAGS"].split()
 
 
 @pytest.mark.parametrize(
