@@ -232,23 +232,39 @@ _native_strided_conv_matmul_input_grad.defvjp(_native_conv_fwd, _native_conv_bwd
 # both gradients, batch 64 (2-core AMD EPYC Zen 5, 2026-12-05 06:08 UTC), ms: cifar's 4x4
 # 1024->512 and 8x8 512->256 layers 93.6 and 85.1 against 122.8 and 117.3; celeba's 4x4
 # 512->256 24.9 against 30.0, its 8x8 256->128 28.4 against 32.7 and 16x16 128->64 38.7
-# against 38.3 (narrow products run below the matrix product's rate). Each such layer adds
-# about a second to the step's compilation (25 products and their transforms in the forward
-# pass and in both gradients): at 128 celeba's step compiled in 6.0 s instead of 4.7 and its
-# first step took 10.1 s, for 2% more images/s. D's layers stay native or matrix products:
-# Winograd on D's layers at least 128 wide was 1.03x on celeba's step for 4.7 s more
-# compilation (with G's as well, the first step took 16.4 s).
+# against 38.3 (narrow products run below the matrix product's rate). At 128 celeba's step
+# ran 2% faster for a second more of compilation (first step 10.1 s with XLA's MLIR fusion
+# emitters, which the CLIs no longer use: `xla_flags.CPU_FUSION_EMITTERS`).
 WINOGRAD_MIN_CHANNELS = 256
+# ... and for D's layers (wider than an image) that do at least this many multiply-adds per
+# image: celeba's three (2^25 each: 32x32 64->128, 16x16 128->256, 8x8 256->512), not cifar's
+# (2^23). Measured (same VM, 2026-12-05 08:15-08:25 UTC, XLA's legacy fusion emitters), per
+# layer at batch 64, forward plus both gradients: celeba's 28.5, 17.6 and 16.0 ms against
+# 32.2, 24.0 and 20.6 (the input gradients 11.2, 6.8, 6.7 against 17.3, 9.7, 8.6); in the
+# celeba step (one process, alternating windows) 1.12x on all three, 1.08x on the two
+# narrower, 1.04x on the 8x8 one alone; cifar's two layers (4.5-5.8 against 5.3-7.3 ms) moved
+# its step by 1.005x and 0.98x, noise, so they keep the cheaper compilation.
+WINOGRAD_MIN_DOWN_MULTIPLY_ADDS = 2**25
 
 
 def _takes_winograd(x: jax.Array, kernel: jax.Array) -> bool:
     return min(x.shape[-1], kernel.shape[-1]) >= WINOGRAD_MIN_CHANNELS
 
 
+def _down_takes_winograd(x: jax.Array, kernel: jax.Array) -> bool:
+    _, height, width, c_in = x.shape
+    if c_in <= 3 or height % 4 or width % 4:
+        return False
+    per_image = (height // 2) * (width // 2) * c_in * kernel.shape[-1] * KERNEL_SIZE**2
+    return per_image >= WINOGRAD_MIN_DOWN_MULTIPLY_ADDS
+
+
 def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Conv2d(4, stride=2, padding=1), each layer by what XLA:CPU runs faster: the native
-    convolution with the matrix product's input gradient on every layer wider than an
-    image's 1-3 channels, the matrix-product formulation on the image layer. Measured per
+    """Conv2d(4, stride=2, padding=1), each layer by what XLA:CPU runs faster: Winograd's
+    algorithm on the layers that do at least `WINOGRAD_MIN_DOWN_MULTIPLY_ADDS` per image;
+    the native convolution with the matrix product's input gradient on the other layers
+    wider than an image's 1-3 channels; the matrix-product formulation on the image layer.
+    Measured per
     layer (README, "Speed"; 2-core AMD EPYC Zen 5), forward and kernel gradient: the
     native pass on celeba D's 32x32, 16x16 and 8x8 layers 24.3, 22.9 and 20.7 ms against
     the matrix product's 46.8, 32.2 and 25.1 at batch 64, and ahead at batch 16 and 256
@@ -261,6 +277,8 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     forward pass is the slower one, and at a batch of 256 its kernel gradient is 1.3-2.2x
     slower than the matrix product's (the whole celeba step 0.80x at batch 256, 0.91x at
     128). The matrix products' kernel gradients as in `_mixed_conv_transpose`."""
+    if _down_takes_winograd(x, kernel):
+        return winograd.strided_conv(x, kernel)
     batch, height, width, c_in = x.shape
     native = c_in > 3
     if native and xla_flags.ynn_runs_convolutions():
@@ -289,8 +307,9 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
 # The formulations of each strided convolution: the same function, different kernels.
 # Read when a model is traced; compiled programs are shared between equal models (state.py),
 # so a prototype that swaps entries within a process must call jax.clear_caches().
-# "mixed" differs from "matmul" in D's wider layers, in G's layers whose input and output
-# are both at least `WINOGRAD_MIN_CHANNELS` wide (Winograd's algorithm) and in how the
+# "mixed" differs from "matmul" in D's wider layers (XLA's native convolutions, Winograd's
+# algorithm on those of at least `WINOGRAD_MIN_DOWN_MULTIPLY_ADDS` per image), in G's layers
+# whose input and output are both at least `WINOGRAD_MIN_CHANNELS` wide (Winograd's) and in how the
 # kernel gradients of the matrix products are taken (`_mixed_product`); G's other
 # transposed convolutions are matrix products in both (XLA:CPU's native kernel gradient of
 # a transposed convolution is 40-80x slower). Winograd's transforms have custom VJPs, so

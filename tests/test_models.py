@@ -186,18 +186,24 @@ def test_winograd_convolutions_refuse_sizes_they_do_not_tile():
 
 
 def test_mixed_takes_winograd_on_generator_layers_at_least_256_wide():
-    def products(conv, c_in, c_out):
-        x = jax.ShapeDtypeStruct((2, 4, 4, c_in), jnp.float32)
+    def products(conv, c_in, c_out, size=4):
+        x = jax.ShapeDtypeStruct((2, size, size, c_in), jnp.float32)
         kernel = jax.ShapeDtypeStruct((4, 4, c_in, c_out), jnp.float32)
         return str(jax.make_jaxpr(conv)(x, kernel)).count("dot_general[")
 
-    # Winograd's 25 products; the matrix-product formulation's 1; D never Winograd's 9 (its
-    # native (0) or matrix-product (1) paths are the test above's).
+    # Winograd's 25 products; the matrix-product formulation's 1.
     assert products(models._mixed_conv_transpose, 256, 256) == 25
     assert products(models._mixed_conv_transpose, 1024, 512) == 25
     assert products(models._mixed_conv_transpose, 256, 255) == 1
     assert products(models._mixed_conv_transpose, 255, 512) == 1
-    assert products(models._mixed_strided_conv, 512, 512) <= 1
+    # D: Winograd's 9 products on layers of at least 2^25 multiply-adds per image (celeba's
+    # three wide layers), else the native (0) or matrix-product (1) paths of the test above.
+    for size, c_in, c_out in ((32, 64, 128), (16, 128, 256), (8, 256, 512)):
+        assert products(models._mixed_strided_conv, c_in, c_out, size) == 9
+    for size, c_in, c_out in ((16, 64, 128), (8, 128, 256), (32, 63, 128), (64, 3, 2048)):
+        assert products(models._mixed_strided_conv, c_in, c_out, size) <= 1
+    # Sizes Winograd does not tile (not multiples of 4) keep the other paths.
+    assert products(models._mixed_strided_conv, 256, 512, 10) <= 1
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
     x = jax.random.normal(k1, (2, 4, 4, 256))
     kernel = 0.1 * jax.random.normal(k2, (4, 4, 256, 256))

@@ -63,7 +63,10 @@ def test_the_cpu_compile_flag_only_for_cpu_only_processes_and_checked_jaxlib():
     for version in ((0, 9), (0, 11)):
         assert xla_flags.CPU_COMPILE not in xla_flags.defaults(version, cpu_only_process=True)
     flags = xla_flags.with_defaults("", (0, 10), cpu_only_process=False).split()
-    assert flags == [xla_flags.GPU_GEMMS, xla_flags.CPU_CONVOLUTIONS]
+    expected = [xla_flags.GPU_GEMMS, xla_flags.CPU_CONVOLUTIONS, xla_flags.CPU_FUSION_EMITTERS]
+    assert flags == expected
+    for version in ((0, 9), (0, 11)):
+        assert xla_flags.CPU_FUSION_EMITTERS not in xla_flags.defaults(version, True)
 
 
 def test_cpu_only_reads_jax_platforms_then_the_installed_plugins(monkeypatch):
