@@ -9,9 +9,10 @@ first run.
 Compute: 20,000 steps x 64 images x 1.92 GFLOP = 2.5 PFLOP. The training step, measured
 (python -m dcgan_jax.benchmark): 35,897 images/s on an H100 (fp32 with TF32; 46,061 with
 --config.half_precision=True; JAX alone, with the cuBLAS default), i.e. under a minute of
-steps, so there the input pipeline and logging set the pace; 182.2-212.6 images/s on a
-2-core AMD EPYC (Zen 5) VM with huge pages, as train runs there (~1.9 hours; 1.15-1.38x
-PyTorch on the same pages, as fast as PyTorch ran in the hour). A Colab T4 has not been measured.
+steps, so there the input pipeline and logging set the pace; 187.2-190.2 images/s on a
+2-core AMD EPYC (Zen 5) VM with huge pages, as train runs there (~1.9 hours; 1.15-1.18x
+PyTorch on the same pages in the README's latest table, 1.21-1.38x in earlier hours). A
+Colab T4 has not been measured.
 """
 
 from dcgan_jax import default_config

@@ -10,11 +10,12 @@ as space-to-depth, im2col and one matrix product; both are exactly equivalent (t
 multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation instead (on
 GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); `"mixed"` is `matmul`
 except that D's wider layers take XLA's native convolution for the output and the kernel
-gradient and the matrix product's input gradient, that G's layers whose input and output
-are both at least 256 channels wide take Winograd's algorithm (`winograd.py`: 9/16 of the
-multiplies), and that the other matrix products take their kernel gradient on a written-out
-x^T where x is wide and not large (all faster on XLA:CPU); `"winograd"` takes Winograd's
-algorithm on every layer of both models.
+gradient and the matrix product's input gradient (Winograd's algorithm on those of at least
+2^25 multiply-adds per image), that G's layers whose input and output are both at least 256
+channels wide take Winograd's algorithm (`winograd.py`: 9/16 of the multiplies), and that
+the other matrix products take their kernel gradient on a written-out x^T where x is wide
+and not large (all faster on XLA:CPU); `"winograd"` takes Winograd's algorithm on every
+layer of both models.
 The tests check that all of them agree. `resolve_convolutions` picks one per backend for
 `config.convolutions="auto"`.
 """
@@ -241,9 +242,12 @@ WINOGRAD_MIN_CHANNELS = 256
 # (2^23). Measured (same VM, 2026-12-05 08:15-08:25 UTC, XLA's legacy fusion emitters), per
 # layer at batch 64, forward plus both gradients: celeba's 28.5, 17.6 and 16.0 ms against
 # 32.2, 24.0 and 20.6 (the input gradients 11.2, 6.8, 6.7 against 17.3, 9.7, 8.6); in the
-# celeba step (one process, alternating windows) 1.12x on all three, 1.08x on the two
-# narrower, 1.04x on the 8x8 one alone; cifar's two layers (4.5-5.8 against 5.3-7.3 ms) moved
-# its step by 1.005x and 0.98x, noise, so they keep the cheaper compilation.
+# celeba step (one process, alternating windows, runs of 07:45-08:20 UTC) 1.12x and 1.20x
+# on all three, 1.07-1.19x on the two wider, 1.04-1.13x on the 8x8 one alone; cifar's two
+# layers (4.5-5.8 against 5.3-7.3 ms) moved its step by 1.005x and 0.98x, noise, so they keep
+# the cheaper compilation. Measured in float32 at batch 64 (bfloat16 rounds the transforms:
+# about 3x the matrix product's error, within the bfloat16 bound of the tests; other batch
+# sizes in the README's sweep).
 WINOGRAD_MIN_DOWN_MULTIPLY_ADDS = 2**25
 
 
@@ -264,6 +268,7 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     algorithm on the layers that do at least `WINOGRAD_MIN_DOWN_MULTIPLY_ADDS` per image;
     the native convolution with the matrix product's input gradient on the other layers
     wider than an image's 1-3 channels; the matrix-product formulation on the image layer.
+
     Measured per
     layer (README, "Speed"; 2-core AMD EPYC Zen 5), forward and kernel gradient: the
     native pass on celeba D's 32x32, 16x16 and 8x8 layers 24.3, 22.9 and 20.7 ms against

@@ -12,11 +12,13 @@ from tests.commands import DEVICE_COUNT_FLAG  # imports no JAX
 # Must happen before jax is imported anywhere. The CLIs' default XLA flags too: the
 # in-process tests run as the CLIs do, and their compiled programs stay cache hits for the
 # CLI subprocesses (XLA_FLAGS is part of the compilation cache's key).
+# JAX_PLATFORMS first: the flags for a CPU-only process (xla_flags.cpu_only), as the CLI
+# subprocesses get them (tests/commands.py).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = xla_flags.with_defaults(
     os.environ.get("XLA_FLAGS", "") + " " + DEVICE_COUNT_FLAG
 )
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole session, inherited by the subprocesses
 # the tests start: the same small programs are compiled once, not in every process.
 # Removed when the process that made it exits (after the workers and subprocesses that

@@ -104,7 +104,8 @@ def test_mixed_takes_the_native_convolution_on_d_layers_wider_than_an_image(
     ynn_convolutions, monkeypatch
 ):
     # With XLA's own convolution kernels (what the CLIs select) every layer wider than an
-    # image's channels; with YNN's only inputs of 16x16 or more at batches up to 64.
+    # image's channels; with YNN's only inputs of 16x16 or more at batches up to 64. (8
+    # output channels keep every case below Winograd's `WINOGRAD_MIN_DOWN_MULTIPLY_ADDS`.)
     monkeypatch.setattr(models.xla_flags, "ynn_runs_convolutions", lambda: ynn_convolutions)
     kernel = lambda c_in: jax.ShapeDtypeStruct((4, 4, c_in, 8), jnp.float32)
 
@@ -204,6 +205,15 @@ def test_mixed_takes_winograd_on_generator_layers_at_least_256_wide():
         assert products(models._mixed_strided_conv, c_in, c_out, size) <= 1
     # Sizes Winograd does not tile (not multiples of 4) keep the other paths.
     assert products(models._mixed_strided_conv, 256, 512, 10) <= 1
+    k1, k2 = jax.random.split(jax.random.PRNGKey(2))
+    x = jax.random.normal(k1, (1, 8, 8, 256))
+    kernel = 0.05 * jax.random.normal(k2, (4, 4, 256, 512))
+    np.testing.assert_allclose(
+        models._mixed_strided_conv(x, kernel),
+        models._pytorch_strided_conv(x, kernel),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
     x = jax.random.normal(k1, (2, 4, 4, 256))
     kernel = 0.1 * jax.random.normal(k2, (4, 4, 256, 256))

@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.metadata
+import importlib.util
 
 import pytest
 
@@ -19,7 +20,8 @@ def test_default_xla_flags_are_added_unless_the_user_named_them():
     assert xla_flags.with_defaults(device_count).split() == [device_count, *defaults]
     environ = {"XLA_FLAGS": device_count}
     xla_flags.apply_defaults(environ)
-    assert environ["XLA_FLAGS"].split() == [device_count, *defaults]
+    expected = xla_flags.defaults(cpu_only_process=xla_flags.cpu_only(environ))
+    assert environ["XLA_FLAGS"].split() == [device_count, *expected]
 
     # The user's own value of a default flag wins, whatever it is.
     for flag in defaults:
@@ -66,26 +68,53 @@ def test_the_cpu_compile_flag_only_for_cpu_only_processes_and_checked_jaxlib():
     expected = [xla_flags.GPU_GEMMS, xla_flags.CPU_CONVOLUTIONS, xla_flags.CPU_FUSION_EMITTERS]
     assert flags == expected
     for version in ((0, 9), (0, 11)):
-        assert xla_flags.CPU_FUSION_EMITTERS not in xla_flags.defaults(version, True)
+        assert xla_flags.CPU_FUSION_EMITTERS not in xla_flags.defaults(
+            version, cpu_only_process=True
+        )
 
 
-def test_cpu_only_reads_jax_platforms_then_the_installed_plugins(monkeypatch):
+def test_cpu_only_reads_jax_platforms_then_what_could_add_a_backend(monkeypatch, tmp_path):
     assert xla_flags.cpu_only({"JAX_PLATFORMS": "cpu"})
+    assert xla_flags.cpu_only({"JAX_PLATFORMS": " CPU "})
     assert not xla_flags.cpu_only({"JAX_PLATFORMS": "cuda"})
     assert not xla_flags.cpu_only({"JAX_PLATFORMS": "cuda,cpu"})
-    # This test environment installs no accelerator plugin.
-    assert xla_flags.cpu_only({})
-    plugin = importlib.metadata.EntryPoint("cuda", "jax_plugins.xla_cuda12", "jax_plugins")
+
+    # Nothing installed that adds a backend (whatever this machine has).
+    find_spec = importlib.util.find_spec
+    hidden = {"jax_plugins", "libtpu"}
     monkeypatch.setattr(
-        importlib.metadata,
-        "entry_points",
-        lambda group=None: [plugin] if group == "jax_plugins" else [],
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in hidden else find_spec(name, *a),
     )
-    assert not xla_flags.cpu_only({})
-    assert xla_flags.cpu_only({"JAX_PLATFORMS": "cpu"})
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [])
+    assert xla_flags.cpu_only({})
+    assert not xla_flags.cpu_only({"PJRT_NAMES_AND_LIBRARY_PATHS": "cuda:/lib/x.so"})
+    assert not xla_flags.cpu_only({"TPU_LIBRARY_PATH": "/lib/libtpu.so"})
     environ = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cuda"}
     xla_flags.apply_defaults(environ)
     assert xla_flags.CPU_COMPILE not in environ["XLA_FLAGS"].split()
+
+    # A plugin's entry point, the libtpu package, a module in the jax_plugins namespace.
+    plugin = importlib.metadata.EntryPoint("cuda", "jax_plugins.xla_cuda12", "jax_plugins")
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            importlib.metadata,
+            "entry_points",
+            lambda group=None: [plugin] if group == "jax_plugins" else [],
+        )
+        assert not xla_flags.cpu_only({})
+        assert xla_flags.cpu_only({"JAX_PLATFORMS": "cpu"})
+    hidden.discard("libtpu")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "libtpu" else None
+    )
+    assert not xla_flags.cpu_only({})
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    (tmp_path / "jax_plugins").mkdir()
+    (tmp_path / "jax_plugins" / "xla_fake.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert not xla_flags.cpu_only({})
 
 
 @pytest.mark.parametrize(
