@@ -205,24 +205,16 @@ def test_mixed_takes_winograd_on_generator_layers_at_least_256_wide():
         assert products(models._mixed_strided_conv, c_in, c_out, size) <= 1
     # Sizes Winograd does not tile (not multiples of 4) keep the other paths.
     assert products(models._mixed_strided_conv, 256, 512, 10) <= 1
-    k1, k2 = jax.random.split(jax.random.PRNGKey(2))
-    x = jax.random.normal(k1, (1, 8, 8, 256))
-    kernel = 0.05 * jax.random.normal(k2, (4, 4, 256, 512))
-    np.testing.assert_allclose(
-        models._mixed_strided_conv(x, kernel),
-        models._pytorch_strided_conv(x, kernel),
-        rtol=1e-5,
-        atol=1e-5,
+    # Values on one layer of each that takes Winograd's path.
+    cases = (
+        (models._mixed_conv_transpose, models._pytorch_conv_transpose, (2, 4, 4, 256), 256, 0.1),
+        (models._mixed_strided_conv, models._pytorch_strided_conv, (1, 8, 8, 256), 512, 0.05),
     )
-    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-    x = jax.random.normal(k1, (2, 4, 4, 256))
-    kernel = 0.1 * jax.random.normal(k2, (4, 4, 256, 256))
-    np.testing.assert_allclose(
-        models._mixed_conv_transpose(x, kernel),
-        models._pytorch_conv_transpose(x, kernel),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    for seed, (conv, reference, shape, c_out, scale) in enumerate(cases):
+        k1, k2 = jax.random.split(jax.random.PRNGKey(seed + 1))
+        x = jax.random.normal(k1, shape)
+        kernel = scale * jax.random.normal(k2, (4, 4, shape[-1], c_out))
+        np.testing.assert_allclose(conv(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
 
 
 def _param_counts(config):
