@@ -269,11 +269,10 @@ def _mixed_strided_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     the native convolution with the matrix product's input gradient on the other layers
     wider than an image's 1-3 channels; the matrix-product formulation on the image layer.
 
-    Measured per
-    layer (README, "Speed"; 2-core AMD EPYC Zen 5), forward and kernel gradient: the
-    native pass on celeba D's 32x32, 16x16 and 8x8 layers 24.3, 22.9 and 20.7 ms against
-    the matrix product's 46.8, 32.2 and 25.1 at batch 64, and ahead at batch 16 and 256
-    too; on the image layer 5.1 against 3.3 ms.
+    Measured per layer (README, "Speed"; 2-core AMD EPYC Zen 5), forward and kernel
+    gradient: the native pass on celeba D's 32x32, 16x16 and 8x8 layers 24.3, 22.9 and
+    20.7 ms against the matrix product's 46.8, 32.2 and 25.1 at batch 64, and ahead at
+    batch 16 and 256 too; on the image layer 5.1 against 3.3 ms.
 
     That is with XLA's own convolution kernels, which the CLIs select
     (`xla_flags.CPU_CONVOLUTIONS`). Where XLA hands convolutions to its YNN library
