@@ -17,9 +17,9 @@ from __future__ import annotations
 
 if __name__ == "__main__":
     # Before the imports below, which a restart would do twice (1.3-1.6 s).
-    from dcgan_jax import huge_pages
+    from dcgan_jax import allocator
 
-    huge_pages.reexec_with_huge_pages()  # both frameworks run under it
+    allocator.reexec_with_tunables()  # both frameworks run under it
 
 import contextlib
 import importlib
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import default_config, huge_pages, models, train, xla_flags
+from dcgan_jax import allocator, default_config, models, train, xla_flags
 from dcgan_jax.validation import UserError, exit_on_user_error, validate_config
 
 
@@ -398,9 +398,9 @@ def run_benchmark(
         "host_cpu": _cpu_name(),
         "versions": versions(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        # Both frameworks run in this process, under the same allocator (huge_pages.py).
+        # Both frameworks run in this process, under the same allocator (allocator.py).
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "transparent_huge_pages": huge_pages.transparent_huge_page_mode(),
+        "transparent_huge_pages": allocator.transparent_huge_page_mode(),
         "peak_process_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "frameworks": {},
     }

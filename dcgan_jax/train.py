@@ -8,9 +8,9 @@ from __future__ import annotations
 
 if __name__ == "__main__":
     # Before the imports below, which a restart would do twice (1.3-1.6 s).
-    from dcgan_jax import huge_pages
+    from dcgan_jax import allocator
 
-    huge_pages.reexec_with_huge_pages()
+    allocator.reexec_with_tunables()
 
 import collections
 import contextlib

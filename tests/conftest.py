@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 
-from dcgan_jax import huge_pages, xla_flags  # import no JAX
+from dcgan_jax import allocator, xla_flags  # import no JAX
 from tests.commands import DEVICE_COUNT_FLAG  # imports no JAX
 
 # Must happen before jax is imported anywhere. The CLIs' default XLA flags too: the
@@ -43,11 +43,14 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # users' optimization level; CI runs the numerical tests that way too (.ci/run).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-# The CLIs restart themselves under glibc's huge-page tunable where it helps (huge_pages.py);
-# set here, the CLI subprocesses of the tests run under it as users' do, started once. So do
-# the pytest-xdist workers, started after this; with -n 0 the tests in this process do not.
-if huge_pages.should_reexec_here():
-    os.environ["GLIBC_TUNABLES"] = huge_pages.with_huge_pages(os.environ.get("GLIBC_TUNABLES", ""))
+# The CLIs restart themselves under glibc's allocator tunables where they help (allocator.py);
+# set here, the CLI subprocesses of the tests run under them as users' do, started once. So
+# do the pytest-xdist workers, started after this; with -n 0 the tests in this process do not.
+_tunables = allocator.tunables_to_add_here()
+if _tunables:
+    os.environ["GLIBC_TUNABLES"] = allocator.with_tunables(
+        os.environ.get("GLIBC_TUNABLES", ""), _tunables
+    )
 
 # Only now, with the environment above in place.
 import jax

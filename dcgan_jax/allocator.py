@@ -1,0 +1,149 @@
+"""glibc's allocator set up for XLA's per-step buffers, for the command-line tools on Linux.
+
+XLA:CPU allocates a step's temporaries (one buffer: 214 MiB for cifar's step at batch 64)
+and its outputs afresh in every step and frees them at its end. glibc serves allocations
+above 32 MiB, and every allocation above 64 MiB made by a thread other than the main one
+(XLA's), with a memory map of its own and returns it to the kernel when freed: every step
+the kernel mapped, zeroed and unmapped 310 MiB for cifar's step (17-23 ms of system time
+in a step of 275-335 ms on the 2-core AMD EPYC (Zen 5) VM of README "Speed"). Worse, where
+a virtual machine hands the memory its guest leaves free back to the host (virtio-balloon
+free page reporting, after about 2 s, as on that VM), the first step after a pause, such
+as the benchmark's PyTorch window, ran 400-640 ms while the host gave the memory back.
+
+So `train` and `benchmark` run with these glibc tunables (GLIBC_TUNABLES):
+  glibc.malloc.arena_max=1       one arena: XLA's threads allocate from the main heap too;
+  glibc.malloc.mmap_max=0        no allocation gets a map of its own;
+  glibc.malloc.trim_threshold=N  freed memory stays in the process for the next step;
+  glibc.malloc.hugetlb=1         the heap on transparent huge pages (2 MiB), where the
+                                 kernel's mode is `madvise` and glibc is 2.35 or later.
+The process's memory then stays at its peak instead of returning to the kernel between
+steps. Measured there in one process, alternating with PyTorch's windows: the JAX step
+1.34x as fast (cifar: 182 -> 243 images/s), PyTorch's 1.10x (158 -> 174); each tunable
+alone gained less (README "Speed").
+
+glibc reads its tunables once, when a process starts, so the CLIs start themselves again
+with the tunables set (`reexec_with_tunables`, called in their `__main__` before their
+other imports). They do so only where it can help: Linux with glibc 2.26 or later (the
+first with tunables), a GLIBC_TUNABLES that names no `glibc.malloc.` tunable (so that
+`GLIBC_TUNABLES=glibc.malloc.arena_max=8` or any other keeps the user's allocator as it
+is), and only once (RESTARTED: a secure-mode process, setuid or with file capabilities,
+has glibc drop the tunables, which would otherwise restart it forever), and only where
+this process's command line is the CLI's own (not a notebook kernel's that runs the module
+with `%run -m`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+
+MALLOC_PREFIX = "glibc.malloc."
+# Far above any step's buffers: glibc trims the heap only when this much lies free at its top.
+TRIM_THRESHOLD = 1 << 40
+RETAIN_FREED_MEMORY = (
+    "glibc.malloc.arena_max=1",
+    "glibc.malloc.mmap_max=0",
+    f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}",
+)
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+RESTARTED = "DCGAN_JAX_ALLOCATOR_RESTARTED"
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def transparent_huge_page_mode(path: str = THP_MODE_FILE) -> str | None:
+    """The kernel's transparent huge page mode ("always", "madvise", "never"), or None."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
+def glibc_version() -> tuple[int, ...] | None:
+    """The C library's version as a tuple of ints if it is glibc, else None."""
+    name, version = platform.libc_ver()
+    if name != "glibc" or not version:
+        return None
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return None
+
+
+def names_malloc_tunable(tunables: str) -> bool:
+    """Whether a GLIBC_TUNABLES value sets any of glibc's malloc tunables."""
+    return any(item.startswith(MALLOC_PREFIX) for item in tunables.split(":"))
+
+
+def tunables_to_add(
+    environ: Mapping[str, str],
+    system: str,
+    libc: tuple[int, ...] | None,
+    thp_mode: str | None,
+) -> list[str]:
+    """The tunables a restart would add on this host (none: no restart)."""
+    if (
+        RESTARTED in environ
+        or system != "Linux"
+        or libc is None
+        or libc < (2, 26)
+        or names_malloc_tunable(environ.get("GLIBC_TUNABLES", ""))
+    ):
+        return []
+    # With `always` the kernel uses huge pages already; with `never` it cannot.
+    huge_pages = libc >= (2, 35) and thp_mode == "madvise"
+    return [*RETAIN_FREED_MEMORY, *([HUGE_PAGES] if huge_pages else [])]
+
+
+def tunables_to_add_here(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """`tunables_to_add` for this host and `environ`."""
+    return tunables_to_add(
+        environ, platform.system(), glibc_version(), transparent_huge_page_mode()
+    )
+
+
+def with_tunables(tunables: str, added: list[str]) -> str:
+    """A GLIBC_TUNABLES value: `tunables` (colon-separated name=value pairs), then `added`."""
+    return ":".join(filter(None, [tunables, *added]))
+
+
+def runs_as_its_own_command(argv: list[str], orig_argv: list[str] | None) -> bool:
+    """Whether the interpreter's command line (`orig_argv`) ends with this program's
+    arguments (`argv[1:]`), as it does for `python [flags] -m module args`, `python script
+    args` and `python -c code args`; not inside a host such as a notebook kernel."""
+    if not orig_argv:
+        return False
+    args = argv[1:]
+    return len(orig_argv) > len(args) and orig_argv[len(orig_argv) - len(args) :] == args
+
+
+def reexec_with_tunables() -> None:
+    """Replaces this process by the same command with `tunables_to_add_here()` appended to
+    GLIBC_TUNABLES where there are any; returns otherwise, also if the restart fails.
+    Call it first thing in a `__main__` block: the work done before it is done twice."""
+    orig_argv = getattr(sys, "orig_argv", None)
+    if (
+        not sys.executable
+        or not runs_as_its_own_command(sys.argv, orig_argv)
+        or "IPython" in sys.modules
+    ):
+        return
+    added = tunables_to_add_here()
+    if not added:
+        return
+    env = dict(
+        os.environ,
+        GLIBC_TUNABLES=with_tunables(os.environ.get("GLIBC_TUNABLES", ""), added),
+        **{RESTARTED: "1"},
+    )
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *orig_argv[1:]], env)
+    except OSError:
+        return  # glibc's defaults, as without this module

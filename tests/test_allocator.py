@@ -1,0 +1,176 @@
+"""The CLIs' restart under glibc's allocator tunables (dcgan_jax/allocator.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dcgan_jax import allocator
+from tests.commands import REPO
+
+LINUX_GLIBC = dict(system="Linux", libc=(2, 36), thp_mode="madvise")
+RETAIN = list(allocator.RETAIN_FREED_MEMORY)
+ALL = [*RETAIN, allocator.HUGE_PAGES]
+
+
+@pytest.mark.parametrize(
+    "environ, host, expected",
+    [
+        ({}, LINUX_GLIBC, ALL),
+        ({"GLIBC_TUNABLES": "glibc.elision.enable=0"}, LINUX_GLIBC, ALL),
+        # Any malloc tunable of the user's: the user's allocator, as it is (the opt-out).
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, LINUX_GLIBC, []),
+        ({"GLIBC_TUNABLES": "glibc.elision.enable=0:glibc.malloc.arena_max=8"}, LINUX_GLIBC, []),
+        ({}, dict(LINUX_GLIBC, libc=(2, 35)), ALL),
+        ({}, dict(LINUX_GLIBC, libc=(2, 34)), RETAIN),  # no huge-page tunable yet
+        ({}, dict(LINUX_GLIBC, libc=(2, 26)), RETAIN),
+        ({}, dict(LINUX_GLIBC, libc=(2, 25)), []),  # no tunables at all
+        ({}, dict(LINUX_GLIBC, libc=None), []),  # musl
+        ({}, dict(LINUX_GLIBC, thp_mode="always"), RETAIN),  # the kernel uses them already
+        ({}, dict(LINUX_GLIBC, thp_mode="never"), RETAIN),
+        ({}, dict(LINUX_GLIBC, thp_mode=None), RETAIN),
+        ({}, dict(LINUX_GLIBC, system="Darwin"), []),
+        ({allocator.RESTARTED: "1"}, LINUX_GLIBC, []),  # glibc dropped them: no loop
+    ],
+)
+def test_adds_only_the_tunables_that_change_something(environ, host, expected):
+    assert allocator.tunables_to_add(environ, **host) == expected
+
+
+def test_tunables_are_appended_to_the_users_tunables():
+    assert allocator.with_tunables("", ["a=1", "b=2"]) == "a=1:b=2"
+    assert allocator.with_tunables("x=0", ["a=1"]) == "x=0:a=1"
+    assert not allocator.names_malloc_tunable("glibc.mallocx=1")
+    assert not allocator.names_malloc_tunable("x=1:") and not allocator.names_malloc_tunable(":")
+    assert allocator.names_malloc_tunable("a=b=c:glibc.malloc.tcache_count=0")
+    assert allocator.names_malloc_tunable("glibc.malloc.hugetlb")  # a malformed one counts
+
+
+@pytest.mark.parametrize(
+    "argv, orig_argv, expected",
+    [
+        (["/x/train.py", "--config", "c"], ["py", "-m", "dcgan_jax.train", "--config", "c"], True),
+        (["/x/train.py"], ["py", "-X", "dev", "-m", "dcgan_jax.train"], True),
+        (["-c", "a"], ["py", "-c", "code", "a"], True),
+        # `%run -m dcgan_jax.train --config c` in a notebook kernel: not the kernel's command.
+        (["/x/train.py", "--config", "c"], ["py", "-m", "ipykernel_launcher", "-f", "k"], False),
+        (["/x/train.py"], None, False),
+        (["/x/train.py"], [], False),
+    ],
+)
+def test_restarts_only_its_own_command_line(argv, orig_argv, expected):
+    assert allocator.runs_as_its_own_command(argv, orig_argv) is expected
+
+
+def test_reads_the_kernels_mode(tmp_path):
+    path = tmp_path / "enabled"
+    path.write_text("always [madvise] never\n")
+    assert allocator.transparent_huge_page_mode(str(path)) == "madvise"
+    path.write_text("[always] madvise never\n")
+    assert allocator.transparent_huge_page_mode(str(path)) == "always"
+    assert allocator.transparent_huge_page_mode(str(tmp_path / "missing")) is None
+
+
+# The child reports its arguments, interpreter flags and environment after the restart, and
+# what happens to a 96 MiB block that a thread other than the main one (as XLA's do)
+# allocates, writes and frees, and then allocates and writes again, as every step does with
+# its temporaries: the page faults of the second write (none where the freed memory stayed
+# in the process; one per page where it went back to the kernel), and how much of the block
+# the kernel may back with transparent huge pages (THPeligible of the mappings it spans in
+# /proc/self/smaps: glibc advised them, except for heap extensions under 2 MiB; unlike the
+# pages actually used, this does not depend on free memory). Straight from malloc: NumPy advises huge pages for its own large arrays.
+CHILD = """
+import ctypes, json, os, resource, sys, threading
+from dcgan_jax import allocator
+allocator.reexec_with_tunables()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 96 << 20
+found = {}
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+def step(name):
+    block = libc.malloc(SIZE)
+    before = faults()
+    ctypes.memset(block, 1, SIZE)
+    found[name] = faults() - before
+    found["block"] = block
+    eligible, overlap = None, 0
+    if os.path.exists("/proc/self/smaps"):
+        eligible = 0
+        for line in open("/proc/self/smaps"):
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                start, end = (int(a, 16) for a in fields[0].split("-"))
+                overlap = max(0, min(end, block + SIZE) - max(start, block))
+            elif fields[0] == "THPeligible:" and fields[1] == "1":
+                eligible += overlap
+    found["eligible"] = eligible if eligible is None else eligible / SIZE
+    libc.free(block)
+
+for name in ("first_faults", "second_faults"):
+    thread = threading.Thread(target=step, args=(name,))
+    thread.start()
+    thread.join()
+print(json.dumps({
+    "argv": sys.argv[1:],
+    "dev_mode": sys.flags.dev_mode,
+    "tunables": os.environ.get("GLIBC_TUNABLES"),
+    "restarted": os.environ.get(allocator.RESTARTED),
+    "first_faults": found["first_faults"],
+    "second_faults": found["second_faults"],
+    "eligible": found["eligible"],
+}))
+"""
+
+
+def run_child(tmp_path, tunables, *python_flags):
+    """The child as `python [flags] -m child a --b=1`, from another directory."""
+    (tmp_path / "allocator_child.py").write_text(CHILD)
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", allocator.RESTARTED)}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), REPO, env.get("PYTHONPATH", "")])
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run(
+        [sys.executable, *python_flags, "-m", "allocator_child", "a", "--b=1"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(out.stdout)
+
+
+def test_restart_keeps_the_command_and_freed_memory(tmp_path):
+    added = allocator.tunables_to_add_here({})
+    users = "glibc.elision.enable=0"  # not a malloc tunable: kept, and the restart happens
+    child = run_child(tmp_path, users, "-X", "dev")
+    assert child["argv"] == ["a", "--b=1"] and child["dev_mode"]
+    if not added:
+        assert child["tunables"] == users and child["restarted"] is None
+        pytest.skip("this host's C library has no allocator tunables")
+    # Restarted once, the user's tunables kept; the second step's block is the first one's
+    # memory, written without a page fault (the block's 24,576 pages of 4 KiB were faulted
+    # in by the first write), and it may lie on huge pages where that tunable was added.
+    assert child["tunables"] == ":".join([users, *added])
+    assert child["restarted"] == "1"
+    assert child["first_faults"] > 0
+    assert child["second_faults"] < 64
+    if allocator.HUGE_PAGES in added and child["eligible"] is not None:
+        assert child["eligible"] > 0.9
+
+    # Opted out: started once, as the user asked; glibc returns the freed block to the
+    # kernel, and writing it again faults every page in anew (THP in madvise mode, unadvised).
+    child = run_child(tmp_path, "glibc.malloc.hugetlb=0")
+    assert child["argv"] == ["a", "--b=1"]
+    assert child["tunables"] == "glibc.malloc.hugetlb=0" and child["restarted"] is None
+    assert child["second_faults"] >= (96 << 20) // os.sysconf("SC_PAGESIZE") // 2
+    if child["eligible"] is not None and allocator.transparent_huge_page_mode() == "madvise":
+        assert child["eligible"] == 0
