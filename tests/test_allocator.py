@@ -80,7 +80,8 @@ def test_reads_the_kernels_mode(tmp_path):
 # in the process; one per page where it went back to the kernel), and how much of the block
 # the kernel may back with transparent huge pages (THPeligible of the mappings it spans in
 # /proc/self/smaps: glibc advised them, except for heap extensions under 2 MiB; unlike the
-# pages actually used, this does not depend on free memory). Straight from malloc: NumPy advises huge pages for its own large arrays.
+# pages actually used, this does not depend on free memory). Straight from malloc: NumPy
+# advises huge pages for its own large arrays.
 CHILD = """
 import ctypes, json, os, resource, sys, threading
 from dcgan_jax import allocator
