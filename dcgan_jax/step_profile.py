@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax import models, steps
+from dcgan_jax import models, steps, train
 from dcgan_jax.state import create_state
 
 PHASES = (
@@ -50,7 +50,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 def profile_jax(config, batch: np.ndarray, repeats: int = 5) -> dict[str, float]:
     """Milliseconds per phase of the JAX step (one device), and the fused step."""
-    # One device, no pmap: the phases are plain jitted functions.
+    # One device; the phases are plain jitted functions, the step is `train`'s.
     generator, discriminator = models.make_models(config)
     state = create_state(config, generator, discriminator)
     g, d = state.generator, state.discriminator
@@ -82,7 +82,13 @@ def profile_jax(config, batch: np.ndarray, repeats: int = 5) -> dict[str, float]
     g_backward = jax.jit(g_full_backward)
     g_grads = g_backward(g, d, z)
     g_update = jax.jit(lambda s, grads: s.apply_gradients(grads=grads))
-    step = jax.jit(steps.train_step_with_noise)
+    # The whole step as `train` runs it (one device): it returns only what a step changes,
+    # where a jitted `train_step_with_noise` would also copy what passes through (the EMA,
+    # the fixed noise) into new buffers.
+    device = jax.local_devices()[:1]
+    step = train.make_p_train_step(device)
+    step_state = train.replicate(train.init_state(config), device)
+    step_batch = jax.device_put(batch[None], train.device_sharding(device))
 
     t = {}
     t["G forward"] = _median_ms(run(g_forward, g, z), repeats)
@@ -102,10 +108,10 @@ def profile_jax(config, batch: np.ndarray, repeats: int = 5) -> dict[str, float]
         _median_ms(run(g_backward, g, d, z), repeats) - t["G forward"] - t["D forward for G"]
     )
     t["G Adam update"] = _median_ms(run(g_update, g, g_grads), repeats)
-    state_holder = [state]
+    state_holder = [step_state]
 
     def one_step():
-        state_holder[0], metrics = step(state_holder[0], real, z)
+        state_holder[0], metrics = step(state_holder[0], step_batch)
         jax.block_until_ready(metrics)
 
     t["step"] = _median_ms(one_step, repeats)
