@@ -10,7 +10,8 @@ a virtual machine hands the memory its guest leaves free back to the host (virti
 free page reporting, after about 2 s, as on that VM), the first step after a pause, such
 as the benchmark's PyTorch window, ran 400-640 ms while the host gave the memory back.
 
-So `train` and `benchmark` run with these glibc tunables (GLIBC_TUNABLES):
+So `train` and `benchmark` run with these glibc tunables (GLIBC_TUNABLES), the first three
+only where JAX runs on the CPU alone (`xla_flags.cpu_only`):
   glibc.malloc.arena_max=1       one arena: XLA's threads allocate from the main heap too;
   glibc.malloc.mmap_max=0        no allocation gets a map of its own;
   glibc.malloc.trim_threshold=N  freed memory stays in the process for the next step;
@@ -38,6 +39,8 @@ import os
 import platform
 import sys
 from collections.abc import Mapping
+
+from dcgan_jax import xla_flags  # imports no JAX
 
 MALLOC_PREFIX = "glibc.malloc."
 # Far above any step's buffers: glibc trims the heap only when this much lies free at its top.
@@ -84,8 +87,12 @@ def tunables_to_add(
     system: str,
     libc: tuple[int, ...] | None,
     thp_mode: str | None,
+    cpu_only: bool,
 ) -> list[str]:
-    """The tunables a restart would add on this host (none: no restart)."""
+    """The tunables a restart would add on this host (none: no restart). Freed memory is
+    kept only where JAX computes on the CPU alone (`cpu_only`): with an accelerator the
+    step's buffers are not the host's, and one arena would only serialise the input
+    pipeline's threads."""
     if (
         RESTARTED in environ
         or system != "Linux"
@@ -96,13 +103,17 @@ def tunables_to_add(
         return []
     # With `always` the kernel uses huge pages already; with `never` it cannot.
     huge_pages = libc >= (2, 35) and thp_mode == "madvise"
-    return [*RETAIN_FREED_MEMORY, *([HUGE_PAGES] if huge_pages else [])]
+    return [*(RETAIN_FREED_MEMORY if cpu_only else ()), *([HUGE_PAGES] if huge_pages else [])]
 
 
 def tunables_to_add_here(environ: Mapping[str, str] = os.environ) -> list[str]:
     """`tunables_to_add` for this host and `environ`."""
     return tunables_to_add(
-        environ, platform.system(), glibc_version(), transparent_huge_page_mode()
+        environ,
+        platform.system(),
+        glibc_version(),
+        transparent_huge_page_mode(),
+        xla_flags.cpu_only(environ),
     )
 
 
