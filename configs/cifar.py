@@ -11,8 +11,7 @@ Compute: 20,000 steps x 64 images x 1.92 GFLOP = 2.5 PFLOP. The training step, m
 --config.half_precision=True; JAX alone, with the cuBLAS default), i.e. under a minute of
 steps, so there the input pipeline and logging set the pace; 240.9-249.7 images/s on a
 2-core AMD EPYC (Zen 5) VM under train's allocator settings (~1.5 hours; 1.37-1.39x PyTorch
-in the same process, the README's latest table). A
-Colab T4 has not been measured.
+in the same process, the README's latest table). A Colab T4 has not been measured.
 """
 
 from dcgan_jax import default_config

@@ -18,19 +18,19 @@ only where JAX runs on the CPU alone (`xla_flags.cpu_only`):
   glibc.malloc.hugetlb=1         the heap on transparent huge pages (2 MiB), where the
                                  kernel's mode is `madvise` and glibc is 2.35 or later.
 The process's memory then stays at its peak instead of returning to the kernel between
-steps. Measured there in one process, alternating with PyTorch's windows: the JAX step
-1.34x as fast (cifar: 182 -> 243 images/s), PyTorch's 1.10x (158 -> 174); each tunable
-alone gained less (README "Speed").
+steps. Measured there, a process per setting, JAX's windows alternating with PyTorch's:
+cifar's JAX step 182 -> 243 images/s, PyTorch's 159 -> 174; fewer of the tunables gained
+less (README "Speed").
 
 glibc reads its tunables once, when a process starts, so the CLIs start themselves again
 with the tunables set (`reexec_with_tunables`, called in their `__main__` before their
 other imports). They do so only where it can help: Linux with glibc 2.26 or later (the
-first with tunables), a GLIBC_TUNABLES that names no `glibc.malloc.` tunable (so that
-`GLIBC_TUNABLES=glibc.malloc.arena_max=8` or any other keeps the user's allocator as it
-is), and only once (RESTARTED: a secure-mode process, setuid or with file capabilities,
-has glibc drop the tunables, which would otherwise restart it forever), and only where
-this process's command line is the CLI's own (not a notebook kernel's that runs the module
-with `%run -m`).
+first with tunables), no `glibc.malloc.` tunable in GLIBC_TUNABLES and no MALLOC_ variable
+of glibc's (so that `GLIBC_TUNABLES=glibc.malloc.arena_max=8`, `MALLOC_ARENA_MAX=8` or any
+other keeps the user's allocator as it is), and only once (RESTARTED: a secure-mode
+process, setuid or with file capabilities, has glibc drop the tunables, which would
+otherwise restart it forever), and only where this process's command line is the CLI's
+own (not a notebook kernel's that runs the module with `%run -m`).
 """
 
 from __future__ import annotations
@@ -77,9 +77,27 @@ def glibc_version() -> tuple[int, ...] | None:
         return None
 
 
+# glibc's older environment variables for malloc's settings (GLIBC_TUNABLES would override them).
+MALLOC_VARIABLES = (
+    "MALLOC_ARENA_MAX",
+    "MALLOC_ARENA_TEST",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_TRIM_THRESHOLD_",
+)
+
+
 def names_malloc_tunable(tunables: str) -> bool:
     """Whether a GLIBC_TUNABLES value sets any of glibc's malloc tunables."""
     return any(item.startswith(MALLOC_PREFIX) for item in tunables.split(":"))
+
+
+def users_allocator(environ: Mapping[str, str]) -> bool:
+    """Whether the user set malloc's settings: a `glibc.malloc.` tunable or a MALLOC_ variable."""
+    return names_malloc_tunable(environ.get("GLIBC_TUNABLES", "")) or any(
+        name in environ for name in MALLOC_VARIABLES
+    )
 
 
 def tunables_to_add(
@@ -98,7 +116,7 @@ def tunables_to_add(
         or system != "Linux"
         or libc is None
         or libc < (2, 26)
-        or names_malloc_tunable(environ.get("GLIBC_TUNABLES", ""))
+        or users_allocator(environ)
     ):
         return []
     # With `always` the kernel uses huge pages already; with `never` it cannot.

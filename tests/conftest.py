@@ -46,9 +46,9 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # The CLIs restart themselves under glibc's allocator tunables where they help (allocator.py);
 # set here, the CLI subprocesses of the tests run under them as users' do, started once. So
 # do the pytest-xdist workers, started after this; with -n 0 the tests in this process do not.
-if allocator.tunables_to_add_here():
+if added_tunables := allocator.tunables_to_add_here():
     os.environ["GLIBC_TUNABLES"] = allocator.with_tunables(
-        os.environ.get("GLIBC_TUNABLES", ""), allocator.tunables_to_add_here()
+        os.environ.get("GLIBC_TUNABLES", ""), added_tunables
     )
 
 # Only now, with the environment above in place.
