@@ -51,6 +51,15 @@ RETAIN_FREED_MEMORY = (
     f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}",
 )
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
+# glibc's older environment variables for malloc's settings (GLIBC_TUNABLES would override them).
+MALLOC_VARIABLES = (
+    "MALLOC_ARENA_MAX",
+    "MALLOC_ARENA_TEST",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_TRIM_THRESHOLD_",
+)
 RESTARTED = "DCGAN_JAX_ALLOCATOR_RESTARTED"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -75,17 +84,6 @@ def glibc_version() -> tuple[int, ...] | None:
         return tuple(int(part) for part in version.split("."))
     except ValueError:
         return None
-
-
-# glibc's older environment variables for malloc's settings (GLIBC_TUNABLES would override them).
-MALLOC_VARIABLES = (
-    "MALLOC_ARENA_MAX",
-    "MALLOC_ARENA_TEST",
-    "MALLOC_MMAP_MAX_",
-    "MALLOC_MMAP_THRESHOLD_",
-    "MALLOC_TOP_PAD_",
-    "MALLOC_TRIM_THRESHOLD_",
-)
 
 
 def names_malloc_tunable(tunables: str) -> bool:
@@ -119,9 +117,11 @@ def tunables_to_add(
         or users_allocator(environ)
     ):
         return []
+    added = list(RETAIN_FREED_MEMORY) if cpu_only else []
     # With `always` the kernel uses huge pages already; with `never` it cannot.
-    huge_pages = libc >= (2, 35) and thp_mode == "madvise"
-    return [*(RETAIN_FREED_MEMORY if cpu_only else ()), *([HUGE_PAGES] if huge_pages else [])]
+    if libc >= (2, 35) and thp_mode == "madvise":
+        added.append(HUGE_PAGES)
+    return added
 
 
 def tunables_to_add_here(environ: Mapping[str, str] = os.environ) -> list[str]:
