@@ -1,26 +1,31 @@
-"""glibc's allocator set up for XLA's per-step buffers, for the command-line tools on Linux.
+"""glibc's allocator and JAX's dispatch set up for XLA's per-step buffers, for the
+command-line tools on Linux.
 
 XLA:CPU allocates a step's temporaries (one buffer: 214 MiB for cifar's step at batch 64)
 and its outputs afresh in every step and frees them at its end. glibc serves allocations
-above 32 MiB, and every allocation above 64 MiB made by a thread other than the main one
-(XLA's), with a memory map of its own and returns it to the kernel when freed: every step
-the kernel mapped, zeroed and unmapped 310 MiB for cifar's step (17-23 ms of system time
-in a step of 275-335 ms on the 2-core AMD EPYC (Zen 5) VM of README "Speed"). Worse, where
-a virtual machine hands the memory its guest leaves free back to the host (virtio-balloon
-free page reporting, after about 2 s, as on that VM), the first step after a pause, such
-as the benchmark's PyTorch window, ran 400-640 ms while the host gave the memory back.
+above 32 MiB, and every allocation above 64 MiB made by a thread other than the main one,
+with a memory map of its own and returns it to the kernel when freed: every step the
+kernel mapped, zeroed and unmapped 310 MiB for cifar's step (17-23 ms of system time in a
+step of 275-335 ms on the 2-core AMD EPYC (Zen 5) VM the project measured on before).
+Worse, where a virtual machine hands the memory its guest leaves free back to the host
+(virtio-balloon free page reporting, after about 2 s, as on that VM and on the 2-core Intel
+Xeon VM of README "Speed"), the first step after a pause, such as the benchmark's PyTorch
+window, ran 400-640 ms while the host gave the memory back.
 
-So `train` and `benchmark` run with these glibc tunables (GLIBC_TUNABLES), the first three
+So `train` and `benchmark` run with these glibc tunables (GLIBC_TUNABLES), the first two
 only where JAX runs on the CPU alone (`xla_flags.cpu_only`):
-  glibc.malloc.arena_max=1       one arena: XLA's threads allocate from the main heap too;
-  glibc.malloc.mmap_max=0        no allocation gets a map of its own;
+  glibc.malloc.mmap_max=0        no allocation of the main heap gets a map of its own;
   glibc.malloc.trim_threshold=N  freed memory stays in the process for the next step;
   glibc.malloc.hugetlb=1         the heap on transparent huge pages (2 MiB), where the
-                                 kernel's mode is `madvise` and glibc is 2.35 or later.
-The process's memory then stays at its peak instead of returning to the kernel between
-steps. Measured there, a process per setting, JAX's windows alternating with PyTorch's:
-cifar's JAX step 182 -> 243 images/s, PyTorch's 159 -> 174; fewer of the tunables gained
-less (README "Speed").
+                                 kernel's mode is `madvise` and glibc is 2.35 or later;
+and, under the first two, JAX runs CPU computations in the thread that calls them
+(`jax_cpu_enable_async_dispatch=False`, `dispatch_in_calling_thread`): XLA then allocates
+the step's buffers from the main thread, whose heap alone keeps even the largest blocks
+(the heaps of glibc's other arenas map every block above 64 MiB, whatever the tunables
+say). The previous way to that end, one arena for all threads (`glibc.malloc.arena_max=1`),
+ran the steps as fast but made XLA's compiler threads queue for the arena's lock: celeba's
+step compiled in 6.6-6.9 s instead of 5.1-5.3 (2-core Intel Xeon). The process's memory
+stays at its peak instead of returning to the kernel between steps.
 
 glibc reads its tunables once, when a process starts, so the CLIs start themselves again
 with the tunables set (`reexec_with_tunables`, called in their `__main__` before their
@@ -45,11 +50,7 @@ from dcgan_jax import xla_flags  # imports no JAX
 MALLOC_PREFIX = "glibc.malloc."
 # Far above any step's buffers: glibc trims the heap only when this much lies free at its top.
 TRIM_THRESHOLD = 1 << 40
-RETAIN_FREED_MEMORY = (
-    "glibc.malloc.arena_max=1",
-    "glibc.malloc.mmap_max=0",
-    f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}",
-)
+RETAIN_FREED_MEMORY = ("glibc.malloc.mmap_max=0", f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}")
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 # glibc's older environment variables for malloc's settings (GLIBC_TUNABLES would override them).
 MALLOC_VARIABLES = (
@@ -107,8 +108,7 @@ def tunables_to_add(
 ) -> list[str]:
     """The tunables a restart would add on this host (none: no restart). Freed memory is
     kept only where JAX computes on the CPU alone (`cpu_only`): with an accelerator the
-    step's buffers are not the host's, and one arena would only serialise the input
-    pipeline's threads."""
+    step's buffers are not the host's."""
     if (
         RESTARTED in environ
         or system != "Linux"
@@ -133,6 +133,26 @@ def tunables_to_add_here(environ: Mapping[str, str] = os.environ) -> list[str]:
         transparent_huge_page_mode(),
         xla_flags.cpu_only(environ),
     )
+
+
+def retains_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process's heap keeps freed memory (`RETAIN_FREED_MEMORY` in its
+    GLIBC_TUNABLES, added by the restart or set by the user)."""
+    return set(RETAIN_FREED_MEMORY) <= set(environ.get("GLIBC_TUNABLES", "").split(":"))
+
+
+def dispatch_in_calling_thread(environ: Mapping[str, str] = os.environ) -> None:
+    """Has JAX run CPU computations in the calling thread where the heap keeps freed memory,
+    so that XLA allocates the step's buffers from the main thread's heap, the one that
+    keeps them (module docstring). Call it before JAX's first computation. Measured on the
+    2-core Intel Xeon VM (README "Speed"): steps as fast as with one arena for all threads
+    (cifar 156-166 against 149-166 images/s, celeba 111-116 against 113-115), compilation
+    as fast as with glibc's defaults. Computations over several devices are dispatched as
+    before (JAX's option applies to one device's)."""
+    if retains_freed_memory(environ):
+        import jax
+
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 def with_tunables(tunables: str, added: list[str]) -> str:

@@ -82,16 +82,13 @@ class JaxRunner:
             config = default_config.with_overrides(config, convolutions=convolutions)
         devices = jax.local_devices()
         self.devices = devices
+        p_step = train.make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
+        # As `train` does: the step compiles while the state is initialised.
+        p_step.start_compiling(*train.abstract_step_arguments(config, devices))
         state = train.replicate(train.init_state(config), devices)
         per_device = batch.reshape(len(devices), -1, *batch.shape[1:])
         self.batch = jax.device_put(per_device, train.device_sharding(devices))
-        p_step = train.make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
-        self.step, self.compiled = p_step, None
-        try:
-            self.compiled = p_step.compile(state, self.batch)
-        except Exception:  # pmap's ahead-of-time path differs between JAX versions
-            pass
-        self.state, self.metrics = state, None
+        self.step, self.state, self.metrics = p_step, state, None
 
     def run(self, num_steps: int) -> None:
         for _ in range(num_steps):
@@ -103,7 +100,7 @@ class JaxRunner:
         temporaries and its outputs (less any output that reuses an argument's buffer; the
         step donates none)."""
         try:
-            m = self.compiled.memory_analysis()  # AttributeError without the AOT path
+            m = self.step.compiled.memory_analysis()  # AttributeError without the AOT path
             if isinstance(m, (list, tuple)):
                 m = m[0]
             total = (
@@ -311,6 +308,7 @@ def _timed_first_step(make_runner) -> tuple[object, float]:
     # A cold start: programs that an earlier case in this process compiled for an equal
     # model (state.py shares them between states) would otherwise be reused.
     jax.clear_caches()
+    train.forget_compiled_steps()
     start = time.perf_counter()
     runner = make_runner()
     runner.run(1)
@@ -522,6 +520,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     xla_flags.apply_defaults()
+    allocator.dispatch_in_calling_thread()
     f = flags.FLAGS
     # JAX would take 75% of an accelerator's memory at start-up, leaving PyTorch (in the
     # same process) the rest and making JAX's own footprint unreadable.

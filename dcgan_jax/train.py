@@ -13,12 +13,14 @@ if __name__ == "__main__":
     allocator.reexec_with_tunables()
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,8 +31,18 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from dcgan_jax import checkpointing, distributed, guards, models, report, sampling, steps, xla_flags
-from dcgan_jax.state import GANState, TrainState, create_state
+from dcgan_jax import (
+    allocator,
+    checkpointing,
+    distributed,
+    guards,
+    models,
+    report,
+    sampling,
+    steps,
+    xla_flags,
+)
+from dcgan_jax.state import GANState, TrainState, abstract_state, create_state
 from dcgan_jax.validation import (
     UserError,
     check_workdir_writable,
@@ -88,16 +100,73 @@ class TrainStep:
         devices = tuple(devices) if devices is not None and jax.process_count() == 1 else None
         self._changes = _pmapped_step_changes(devices, update_ema, ema_warmup)
         self._compiled = None
+        self._compiled_for = None  # the arguments' shapes, dtypes and shardings
+        self._compiling = None  # a Future: the compilation `start_compiling` began
 
     def compile(self, state: GANState, batch):
-        """Compiles ahead of time for these shapes (later calls use it) and returns the
-        compiled executable (for its `memory_analysis()`). One process only: a compiled
-        pmap skips the conversion between host-local and global arrays that several
-        processes need (the training loop compiles on the first call instead)."""
-        self._compiled = self._changes.lower(state, batch).compile()
+        """Compiles ahead of time for the shapes of `state` and `batch` (arrays, or
+        `jax.ShapeDtypeStruct`s with shardings: `abstract_step_arguments`) and returns the
+        compiled executable (for its `memory_analysis()`); later calls with arguments of
+        these shapes use it. One process only: a compiled pmap skips the conversion between
+        host-local and global arrays that several processes need (the training loop there
+        compiles on the first call instead)."""
+        self.start_compiling(state, batch, in_background=False)
+        return self._wait_compiled()
+
+    def start_compiling(self, state: GANState, batch, in_background: bool = True) -> None:
+        """`compile`, with XLA's compilation in a background thread: the step is traced
+        here (Python), then compiled (seconds on a CPU) while the caller initialises or
+        restores the state and builds the input pipeline. The first call waits for it."""
+        signature = _signature((state, batch))
+        self._compiled, self._compiled_for = None, signature
+        self._compiling = future = concurrent.futures.Future()
+        compiled = _COMPILED_STEPS.get((self._changes, signature))
+        if compiled is not None:
+            future.set_result(compiled)
+            return
+        lowered = self._changes.lower(state, batch)
+
+        def compile_step():
+            try:
+                compiled = lowered.compile()
+            except BaseException as e:  # the first call compiles instead
+                future.set_exception(e)
+                return
+            while len(_COMPILED_STEPS) >= _COMPILED_STEPS_KEPT:
+                del _COMPILED_STEPS[next(iter(_COMPILED_STEPS))]
+            _COMPILED_STEPS[(self._changes, signature)] = compiled
+            future.set_result(compiled)
+
+        if in_background:
+            # Not a daemon: the interpreter waits for it before tearing down JAX's backends.
+            threading.Thread(target=compile_step, name="compile-train-step").start()
+        else:
+            compile_step()
+
+    def _wait_compiled(self):
+        """The compiled executable once `start_compiling`'s compilation is done (None where
+        it failed: the calls compile instead; `compile` raises the error)."""
+        if self._compiling is not None:
+            compiling, self._compiling = self._compiling, None
+            self._compiled = compiling.result()
+        return self._compiled
+
+    @property
+    def compiled(self):
+        """The executable the calls use, once one was compiled ahead of time (else None)."""
         return self._compiled
 
     def __call__(self, state: GANState, batch) -> tuple[GANState, dict]:
+        if self._compiling is not None:
+            # Where the compilation failed (the error recurs below, from the call's own
+            # compilation, unless it was the ahead-of-time path's alone) or was for
+            # arguments unlike these, the call compiles instead.
+            try:
+                self._wait_compiled()
+            except Exception:
+                self._compiled = None
+            if _signature((state, batch)) != self._compiled_for:
+                self._compiled = None
         step = self._changes if self._compiled is None else self._compiled
         changes, metrics = step(state, batch)
         ema_params = state.ema_params if changes.ema_params is None else changes.ema_params
@@ -107,6 +176,50 @@ class TrainStep:
             ema_params=ema_params,
         )
         return state, metrics
+
+
+# Compiled steps by (pmapped function, arguments' signature): runs in one process (the tests,
+# a notebook) compile a step once per model, as pmap's own cache does for its calls. A few
+# only: each holds its executable.
+_COMPILED_STEPS: dict = {}
+_COMPILED_STEPS_KEPT = 8
+
+
+def forget_compiled_steps() -> None:
+    """Drops the compiled steps kept for later runs (with `jax.clear_caches()`: a cold start,
+    or memory back)."""
+    _COMPILED_STEPS.clear()
+
+
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple(
+        (x.shape, np.dtype(x.dtype), getattr(x, "sharding", None), _weak_type(x)) for x in leaves
+    )
+
+
+def _weak_type(x) -> bool:
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return bool(x.weak_type)
+    return bool(getattr(getattr(x, "aval", None), "weak_type", False))
+
+
+def abstract_step_arguments(config, devices) -> tuple[GANState, jax.ShapeDtypeStruct]:
+    """The shapes, dtypes and shardings of what `TrainStep` is called with for `config` on
+    `devices` (one process): a fresh state, `replicate`d, and a batch of
+    `prefetch_to_devices`. No computation: the initialisation is traced, not run (and
+    its trace is kept for `init_state`)."""
+    state = abstract_state(config, *models.make_models(config, axis_name=AXIS_NAME))
+    sharding = device_sharding(devices)
+    stacked = lambda shape, dtype: jax.ShapeDtypeStruct(
+        (len(devices), *shape), dtype, sharding=sharding
+    )
+    per_device = config.batch_size // len(devices)
+    image = (config.image_size, config.image_size, config.channels)
+    return (
+        jax.tree_util.tree_map(lambda x: stacked(x.shape, x.dtype), state),
+        stacked((per_device, *image), np.float32),
+    )
 
 
 def make_p_train_step(devices=None, update_ema: bool = False, ema_warmup: bool = False):
@@ -275,12 +388,13 @@ def train_and_evaluate(
     user must fix, FloatingPointError when training diverges, and guards.TrainingInterrupted
     after saving a checkpoint on SIGTERM/SIGINT.
     """
+    started = time.perf_counter()
     devices = jax.local_devices()
     validate_config(config, len(devices), jax.process_count())
     check_workdir_writable(workdir)
     # Process 0 speaks for a multi-process run: it holds the lock, logs and writes samples.
     with guards.WorkdirLock(workdir) if is_primary() else contextlib.nullcontext():
-        return _resume_and_train(config, workdir, devices, on_samples)
+        return _resume_and_train(config, workdir, devices, on_samples, started)
 
 
 def is_primary() -> bool:
@@ -315,11 +429,13 @@ class _Run:
     manager: object  # the Orbax CheckpointManager
     writer: object  # flax.metrics.tensorboard.SummaryWriter on process 0, None elsewhere
     dataset: object  # the tf.data pipeline of this process's batches
+    train_step: TrainStep
     stop: guards.GracefulStop
     on_samples: Callable[[int, str], None] | None
+    started: float  # time.perf_counter() when `train_and_evaluate` began
 
 
-def _resume_and_train(config, workdir: str, devices, on_samples) -> GANState:
+def _resume_and_train(config, workdir: str, devices, on_samples, started: float) -> GANState:
     """Resumes from the newest usable checkpoint (or starts), trains, and saves."""
     from dcgan_jax import input_pipeline  # TensorFlow is only needed from here on
 
@@ -327,6 +443,11 @@ def _resume_and_train(config, workdir: str, devices, on_samples) -> GANState:
     source = input_pipeline.source_images(config)
 
     manager = checkpointing.make_manager(workdir, config.max_checkpoints)
+    train_step = make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
+    if jax.process_count() == 1:
+        # The step compiles (most of the time to the first step) while the state is
+        # initialised or restored and the input pipeline is built.
+        train_step.start_compiling(*abstract_step_arguments(config, devices))
     writer = None
     try:
         fresh = init_state(config)
@@ -349,7 +470,18 @@ def _resume_and_train(config, workdir: str, devices, on_samples) -> GANState:
         dataset = input_pipeline.create_dataset(config, len(devices), start_step, source)
         writer = make_writer(workdir, config)
         with guards.GracefulStop() as stop:
-            run = _Run(config, workdir, devices, manager, writer, dataset, stop, on_samples)
+            run = _Run(
+                config,
+                workdir,
+                devices,
+                manager,
+                writer,
+                dataset,
+                train_step,
+                stop,
+                on_samples,
+                started,
+            )
             state = _train_loop(run, state)
         checkpointing.finish_writes(manager)
         if int(state.step) < config.num_train_steps:
@@ -381,7 +513,7 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
     )
     start_step = step = int(state.step)
     last_saved = start_step if manager.latest_step() is not None else None
-    p_train_step = make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
+    p_train_step = run.train_step
     replicated = replicate(state, devices)
     batches = prefetch_to_devices(run.dataset.as_numpy_iterator(), devices)
 
@@ -407,8 +539,8 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
         if step == start_step + 1:
             jax.block_until_ready(metrics)
             report.info(
-                f"First step (compilation included) took "
-                f"{time.perf_counter() - window_start:.1f} s."
+                f"First step done {time.perf_counter() - run.started:.1f} s after the "
+                "training began (compilation, initialisation and the first batch included)."
             )
             window_start = time.perf_counter()
         else:
@@ -460,6 +592,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     xla_flags.apply_defaults()
+    allocator.dispatch_in_calling_thread()
     f = flags.FLAGS
     if f.compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         # Reruns and resumes reuse compiled programs instead of compiling them again.

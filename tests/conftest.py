@@ -55,7 +55,9 @@ if added_tunables := allocator.tunables_to_add_here():
 import jax
 import pytest
 
-from dcgan_jax import default_config
+from dcgan_jax import default_config, train
+
+allocator.dispatch_in_calling_thread()  # as the CLIs do under those tunables
 
 NUM_DEVICES = 2
 
@@ -143,6 +145,7 @@ def _release_compiled_programs():
     _TESTS_RUN[0] += 1
     if int(os.environ.get("DCGAN_TEST_REPEAT", "1")) > 1 and _TESTS_RUN[0] % 25 == 0:
         jax.clear_caches()
+        train.forget_compiled_steps()
 
 
 _TESTS_RUN = [0]

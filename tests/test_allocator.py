@@ -80,16 +80,17 @@ def test_reads_the_kernels_mode(tmp_path):
 
 
 # The child reports its arguments, interpreter flags and environment after the restart, and
-# what happens to a 96 MiB block that a thread other than the main one (as XLA's do)
-# allocates, writes and frees, and then allocates and writes again, as every step does with
-# its temporaries: the page faults of the second write (none where the freed memory stayed
-# in the process; one per page where it went back to the kernel), and how much of the block
-# the kernel may back with transparent huge pages (THPeligible of the mappings it spans in
-# /proc/self/smaps: glibc advised them, except for heap extensions under 2 MiB; unlike the
-# pages actually used, this does not depend on free memory). Straight from malloc: NumPy
-# advises huge pages for its own large arrays.
+# what happens to a 96 MiB block that the main thread (where XLA allocates a step's buffers
+# under the CLIs' settings, see the JAX child below) allocates, writes and frees, and then
+# allocates and writes again, as every step does with its temporaries: the page faults of
+# the second write (none where the freed memory stayed in the process; one per page where it
+# went back to the kernel), and how much of the block the kernel may back with transparent
+# huge pages (THPeligible of the mappings it spans in /proc/self/smaps: glibc advised them,
+# except for heap extensions under 2 MiB; unlike the pages actually used, this does not
+# depend on free memory). Straight from malloc: NumPy advises huge pages for its own large
+# arrays.
 CHILD = """
-import ctypes, json, os, resource, sys, threading
+import ctypes, json, os, resource, sys
 from dcgan_jax import allocator
 allocator.reexec_with_tunables()
 libc = ctypes.CDLL(None)
@@ -120,9 +121,7 @@ def step(name):
     libc.free(block)
 
 for name in ("first_faults", "second_faults"):
-    thread = threading.Thread(target=step, args=(name,))
-    thread.start()
-    thread.join()
+    step(name)
 print(json.dumps({
     "argv": sys.argv[1:],
     "dev_mode": sys.flags.dev_mode,
@@ -188,3 +187,72 @@ def test_restart_keeps_the_command_and_freed_memory(tmp_path):
             assert child["eligible"] == 0
     else:
         assert child["second_faults"] >= (96 << 20) // (2 << 20) // 2
+
+
+# XLA itself under the CLIs' settings: a jitted computation with a 96 MiB temporary (the
+# first product, which the second reads whole) runs five times; the page faults of the
+# last run (all threads), and the async-dispatch option the CLI's setup left in force.
+JAX_CHILD = """
+import json, os, resource, sys
+from dcgan_jax import allocator
+allocator.reexec_with_tunables()
+if not os.environ.get("ASYNC"):
+    allocator.dispatch_in_calling_thread()
+import jax, jax.numpy as jnp
+from jax._src import xla_bridge
+
+a = jnp.ones((12288, 64), jnp.float32)
+b = jnp.ones((64, 2048), jnp.float32)
+step = jax.jit(lambda a, b: (a @ b) @ b.T)
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step(a, b).block_until_ready()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({
+    "faults": faults,
+    "async_dispatch": xla_bridge._CPU_ENABLE_ASYNC_DISPATCH.value,
+    "retains": allocator.retains_freed_memory(),
+}))
+"""
+
+
+def run_jax_child(tmp_path, tunables, **environ):
+    (tmp_path / "allocator_jax_child.py").write_text(JAX_CHILD)
+    env = {**child_environ(tunables), **environ}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), REPO, env.get("PYTHONPATH", "")])
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("XLA_FLAGS", None)  # one device: JAX's option is for single-device programs
+    out = subprocess.run(
+        [sys.executable, "-m", "allocator_jax_child"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_xla_reuses_a_steps_memory_under_the_clis_settings(tmp_path):
+    if not set(allocator.RETAIN_FREED_MEMORY) <= set(allocator.tunables_to_add_here({})):
+        pytest.skip("the CLIs keep glibc's defaults on this host")
+    pages = (96 << 20) // os.sysconf("SC_PAGESIZE")
+    # As the CLIs run: computations in the calling thread, whose heap keeps the freed 96 MiB
+    # for the next run: (almost) no page faults.
+    child = run_jax_child(tmp_path, None)
+    assert child["retains"] and child["async_dispatch"] is False
+    assert child["faults"] < pages // 100
+    # The same tunables with JAX's asynchronous dispatch: XLA's own threads allocate the
+    # temporary, from heaps that map (and unmap) every block above 64 MiB: faulted in anew
+    # every run (at least one fault per 2 MiB page; glibc advises huge pages for those maps
+    # too under `glibc.malloc.hugetlb=1`).
+    assert run_jax_child(tmp_path, None, ASYNC="1")["faults"] >= (96 << 20) // (2 << 20) // 2
+    # Opted out (glibc's defaults, JAX's asynchronous dispatch): the temporary is mapped
+    # afresh in every run, and faulted in anew (4 KiB pages in madvise mode; at least one
+    # per 2 MiB page in any mode).
+    child = run_jax_child(tmp_path, "glibc.malloc.hugetlb=0")
+    assert not child["retains"] and child["async_dispatch"] is True
+    assert child["faults"] >= (96 << 20) // (2 << 20) // 2
+    if allocator.transparent_huge_page_mode() == "madvise":
+        assert child["faults"] >= pages // 2

@@ -287,3 +287,40 @@ def test_cli_out_of_range_flags_are_one_clear_message(tmp_path, module, args, me
 def test_periodic_actions_run_every_n_steps_and_after_the_last():
     assert [step for step in range(1, 11) if train.is_time(step, 4, 10)] == [4, 8, 10]
     assert [step for step in range(1, 9) if train.is_time(step, 4, 8)] == [4, 8]
+
+
+def _fresh_step_arguments(config, devices):
+    state = train.replicate(train.init_state(config), devices)
+    shape = (len(devices), config.batch_size // len(devices), config.image_size)
+    images = np.random.default_rng(0).uniform(-1, 1, (*shape, config.image_size, 1))
+    batch = jax.device_put(images.astype(np.float32), train.device_sharding(devices))
+    return state, batch
+
+
+def test_step_compiled_in_the_background_is_the_step_called():
+    """`train` compiles its step from `abstract_step_arguments` while it initialises the
+    state: the executable must fit the arguments it is then called with (else every run
+    would compile twice), and compute what the step compiled on its first call does."""
+    config, devices = tiny_config(), jax.local_devices()
+    train.forget_compiled_steps()
+    step = train.make_p_train_step(devices)
+    step.start_compiling(*train.abstract_step_arguments(config, devices))
+    state, batch = _fresh_step_arguments(config, devices)
+    ahead_of_time = step(state, batch)
+    assert step.compiled is not None
+    on_first_call = train.TrainStep(devices)._changes(state, batch)
+    _assert_states_equal(ahead_of_time[0].generator, on_first_call[0].generator)
+    _assert_states_equal(ahead_of_time[0].discriminator, on_first_call[0].discriminator)
+    _assert_states_equal(ahead_of_time[1], on_first_call[1])
+
+
+def test_step_compiled_for_other_arguments_compiles_on_its_first_call():
+    config, devices = tiny_config(), jax.local_devices()
+    step = train.make_p_train_step(devices)
+    step.start_compiling(*train.abstract_step_arguments(tiny_config(batch_size=16), devices))
+    state, batch = _fresh_step_arguments(config, devices)
+    new_state, metrics = step(state, batch)
+    assert step.compiled is None  # the call's own compilation, not the executable above
+    assert (np.asarray(new_state.step) == 1).all() and np.isfinite(
+        np.asarray(metrics["d_loss"])
+    ).all()
