@@ -24,7 +24,7 @@ the step's buffers from the main thread, whose heap alone keeps even the largest
 (the heaps of glibc's other arenas map every block above 64 MiB, whatever the tunables
 say). The previous way to that end, one arena for all threads (`glibc.malloc.arena_max=1`),
 ran the steps as fast but made XLA's compiler threads queue for the arena's lock: celeba's
-step compiled in 6.6-6.9 s instead of 5.1-5.3 (2-core Intel Xeon). The process's memory
+step compiled in 6.6-6.9 s instead of 5.0-5.5 (2-core Intel Xeon). The process's memory
 stays at its peak instead of returning to the kernel between steps.
 
 glibc reads its tunables once, when a process starts, so the CLIs start themselves again
