@@ -139,21 +139,27 @@ def child_environ(tunables):
     return env if tunables is None else {**env, "GLIBC_TUNABLES": tunables}
 
 
-def run_child(tmp_path, tunables, *python_flags):
-    """The child as `python [flags] -m child a --b=1`, from another directory."""
-    (tmp_path / "allocator_child.py").write_text(CHILD)
-    env = child_environ(tunables)
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), REPO, env.get("PYTHONPATH", "")])
+def run_module(tmp_path, name, source, env, python_flags=(), args=()):
+    """`source` as module `name`, `python [flags] -m name args` from another directory; its
+    last line of output, as JSON."""
+    (tmp_path / f"{name}.py").write_text(source)
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(tmp_path), REPO, env.get("PYTHONPATH", "")])}
     out = subprocess.run(
-        [sys.executable, *python_flags, "-m", "allocator_child", "a", "--b=1"],
+        [sys.executable, *python_flags, "-m", name, *args],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
         check=True,
-        timeout=60,
+        timeout=120,
     )
-    return json.loads(out.stdout)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_child(tmp_path, tunables, *python_flags):
+    """The child as `python [flags] -m child a --b=1`, from another directory."""
+    env = child_environ(tunables)
+    return run_module(tmp_path, "allocator_child", CHILD, env, python_flags, ("a", "--b=1"))
 
 
 def test_restart_keeps_the_command_and_freed_memory(tmp_path):
@@ -217,21 +223,9 @@ print(json.dumps({
 
 
 def run_jax_child(tmp_path, tunables, **environ):
-    (tmp_path / "allocator_jax_child.py").write_text(JAX_CHILD)
-    env = {**child_environ(tunables), **environ}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), REPO, env.get("PYTHONPATH", "")])
-    env["JAX_PLATFORMS"] = "cpu"
+    env = {**child_environ(tunables), **environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # one device: JAX's option is for single-device programs
-    out = subprocess.run(
-        [sys.executable, "-m", "allocator_jax_child"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_module(tmp_path, "allocator_jax_child", JAX_CHILD, env)
 
 
 def test_xla_reuses_a_steps_memory_under_the_clis_settings(tmp_path):
