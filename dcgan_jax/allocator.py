@@ -136,19 +136,23 @@ def tunables_to_add_here(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 
 def retains_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether this process's heap keeps freed memory (`RETAIN_FREED_MEMORY` in its
-    GLIBC_TUNABLES, added by the restart or set by the user)."""
+    """Whether GLIBC_TUNABLES holds `RETAIN_FREED_MEMORY` exactly (as the restart adds them,
+    or as a user may set them): whether a process started with this environment keeps
+    freed memory. It reads the environment, not what glibc read when this process started
+    (tests/conftest.py sets it for its subprocesses)."""
     return set(RETAIN_FREED_MEMORY) <= set(environ.get("GLIBC_TUNABLES", "").split(":"))
 
 
 def dispatch_in_calling_thread(environ: Mapping[str, str] = os.environ) -> None:
     """Has JAX run CPU computations in the calling thread where the heap keeps freed memory,
     so that XLA allocates the step's buffers from the main thread's heap, the one that
-    keeps them (module docstring). Call it before JAX's first computation. Measured on the
+    keeps them (module docstring). Call it before JAX creates its CPU client (the first
+    `jax.devices()` or computation): JAX reads the option then. Measured on the
     2-core Intel Xeon VM (README "Speed"): steps as fast as with one arena for all threads
     (cifar 156-166 against 149-166 images/s, celeba 111-116 against 113-115), compilation
-    as fast as with glibc's defaults. Computations over several devices are dispatched as
-    before (JAX's option applies to one device's)."""
+    as fast as with glibc's defaults. JAX's option covers computations on one device:
+    where the CPU is split into several (`--xla_force_host_platform_device_count`), XLA's
+    threads allocate the step's buffers again, and the largest are mapped every step."""
     if retains_freed_memory(environ):
         import jax
 

@@ -179,6 +179,11 @@ def _create_state(
 _create_state = jax.jit(_create_state, static_argnums=(0, 1, 2))
 
 
+def forget_compiled_initialisations() -> None:
+    """Drops the initialisations compiled for the CPU (`jax.clear_caches()` does not)."""
+    _compiled_for_cpu.cache_clear()
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled_for_cpu(settings: _InitSettings, generator: nn.Module, discriminator: nn.Module):
     lowered = _create_state.lower(settings, generator, discriminator, np.int32(0))

@@ -42,7 +42,13 @@ from dcgan_jax import (
     steps,
     xla_flags,
 )
-from dcgan_jax.state import GANState, TrainState, abstract_state, create_state
+from dcgan_jax.state import (
+    GANState,
+    TrainState,
+    abstract_state,
+    create_state,
+    forget_compiled_initialisations,
+)
 from dcgan_jax.validation import (
     UserError,
     check_workdir_writable,
@@ -103,70 +109,64 @@ class TrainStep:
         self._compiled_for = None  # the arguments' shapes, dtypes and shardings
         self._compiling = None  # a Future: the compilation `start_compiling` began
 
-    def compile(self, state: GANState, batch):
-        """Compiles ahead of time for the shapes of `state` and `batch` (arrays, or
-        `jax.ShapeDtypeStruct`s with shardings: `abstract_step_arguments`) and returns the
-        compiled executable (for its `memory_analysis()`); later calls with arguments of
-        these shapes use it. One process only: a compiled pmap skips the conversion between
-        host-local and global arrays that several processes need (the training loop there
-        compiles on the first call instead)."""
-        self.start_compiling(state, batch, in_background=False)
-        return self._wait_compiled()
-
-    def start_compiling(self, state: GANState, batch, in_background: bool = True) -> None:
-        """`compile`, with XLA's compilation in a background thread: the step is traced
-        here (Python), then compiled (seconds on a CPU) while the caller initialises or
-        restores the state and builds the input pipeline. The first call waits for it."""
-        signature = _signature((state, batch))
-        self._compiled, self._compiled_for = None, signature
-        self._compiling = future = concurrent.futures.Future()
-        compiled = _COMPILED_STEPS.get((self._changes, signature))
-        if compiled is not None:
-            future.set_result(compiled)
+    def start_compiling(self, state: GANState, batch) -> None:
+        """Compiles the step ahead of time for the shapes of `state` and `batch` (arrays, or
+        `jax.ShapeDtypeStruct`s with shardings: `abstract_step_arguments`): traced here,
+        compiled by XLA in a background thread (seconds on a CPU) while the caller
+        initialises or restores the state and builds the input pipeline. The first call
+        waits for it; where the compilation failed (a warning) or was for arguments unlike
+        the call's, the call compiles on its own. One process only: a compiled pmap skips
+        the conversion between host-local and global arrays that several processes need
+        (the training loop there compiles on the first call)."""
+        future = concurrent.futures.Future()
+        self._compiled, self._compiling = None, future
+        try:
+            self._compiled_for = signature = _signature((state, batch))
+            key = (self._changes, signature)
+            with _COMPILED_STEPS_LOCK:
+                compiled = _COMPILED_STEPS.get(key)
+            if compiled is not None:
+                future.set_result(compiled)
+                return
+            lowered = self._changes.lower(state, batch)
+        except Exception as e:  # handed to the first call, which compiles on its own
+            future.set_exception(e)
             return
-        lowered = self._changes.lower(state, batch)
 
         def compile_step():
             try:
                 compiled = lowered.compile()
-            except BaseException as e:  # the first call compiles instead
+            except BaseException as e:  # handed to the first call, as above
                 future.set_exception(e)
                 return
-            while len(_COMPILED_STEPS) >= _COMPILED_STEPS_KEPT:
-                del _COMPILED_STEPS[next(iter(_COMPILED_STEPS))]
-            _COMPILED_STEPS[(self._changes, signature)] = compiled
             future.set_result(compiled)
+            with _COMPILED_STEPS_LOCK:
+                _COMPILED_STEPS[key] = compiled
+                while len(_COMPILED_STEPS) > _COMPILED_STEPS_KEPT:
+                    _COMPILED_STEPS.pop(next(iter(_COMPILED_STEPS)))
 
-        if in_background:
-            # Not a daemon: the interpreter waits for it before tearing down JAX's backends.
-            threading.Thread(target=compile_step, name="compile-train-step").start()
-        else:
-            compile_step()
-
-    def _wait_compiled(self):
-        """The compiled executable once `start_compiling`'s compilation is done (None where
-        it failed: the calls compile instead; `compile` raises the error)."""
-        if self._compiling is not None:
-            compiling, self._compiling = self._compiling, None
-            self._compiled = compiling.result()
-        return self._compiled
+        # Not a daemon: the interpreter waits for it before tearing down JAX's backends.
+        threading.Thread(target=compile_step, name="compile-train-step").start()
 
     @property
     def compiled(self):
-        """The executable the calls use, once one was compiled ahead of time (else None)."""
+        """The executable the calls use, once a call has taken the one compiled ahead of
+        time (else None; the benchmark reads its memory footprint)."""
         return self._compiled
 
     def __call__(self, state: GANState, batch) -> tuple[GANState, dict]:
         if self._compiling is not None:
-            # Where the compilation failed (the error recurs below, from the call's own
-            # compilation, unless it was the ahead-of-time path's alone) or was for
-            # arguments unlike these, the call compiles instead.
+            compiling, self._compiling = self._compiling, None
             try:
-                self._wait_compiled()
-            except Exception:
-                self._compiled = None
-            if _signature((state, batch)) != self._compiled_for:
-                self._compiled = None
+                compiled = compiling.result()
+            except Exception as e:  # a real error recurs below, from the call's compilation
+                report.warning(
+                    f"compiling the training step ahead of time failed "
+                    f"({type(e).__name__}: {e}); compiling it on its first call instead."
+                )
+                compiled = None
+            if _signature((state, batch)) == self._compiled_for:
+                self._compiled = compiled
         step = self._changes if self._compiled is None else self._compiled
         changes, metrics = step(state, batch)
         ema_params = state.ema_params if changes.ema_params is None else changes.ema_params
@@ -183,12 +183,15 @@ class TrainStep:
 # only: each holds its executable.
 _COMPILED_STEPS: dict = {}
 _COMPILED_STEPS_KEPT = 8
+_COMPILED_STEPS_LOCK = threading.Lock()  # compilations end in their own threads
 
 
 def forget_compiled_steps() -> None:
-    """Drops the compiled steps kept for later runs (with `jax.clear_caches()`: a cold start,
-    or memory back)."""
-    _COMPILED_STEPS.clear()
+    """Drops the compiled steps and initialisations kept for later runs (with
+    `jax.clear_caches()`: a cold start, or memory back)."""
+    with _COMPILED_STEPS_LOCK:
+        _COMPILED_STEPS.clear()
+    forget_compiled_initialisations()
 
 
 def _signature(tree) -> tuple:
@@ -443,13 +446,13 @@ def _resume_and_train(config, workdir: str, devices, on_samples, started: float)
     source = input_pipeline.source_images(config)
 
     manager = checkpointing.make_manager(workdir, config.max_checkpoints)
-    train_step = make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
-    if jax.process_count() == 1:
-        # The step compiles (most of the time to the first step) while the state is
-        # initialised or restored and the input pipeline is built.
-        train_step.start_compiling(*abstract_step_arguments(config, devices))
     writer = None
     try:
+        train_step = make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
+        if jax.process_count() == 1:
+            # The step compiles (most of the time to the first step) while the state is
+            # initialised or restored and the input pipeline is built.
+            train_step.start_compiling(*abstract_step_arguments(config, devices))
         fresh = init_state(config)
         # May be step 0: weights converted from PyTorch.
         start_step, state = checkpointing.restore_newest_usable(manager, config, fresh, workdir)
@@ -540,7 +543,8 @@ def _train_loop(run: _Run, state: GANState) -> GANState:
             jax.block_until_ready(metrics)
             report.info(
                 f"First step done {time.perf_counter() - run.started:.1f} s after the "
-                "training began (compilation, initialisation and the first batch included)."
+                "training began (loading the data, compilation, initialisation and the first "
+                "batch included)."
             )
             window_start = time.perf_counter()
         else:

@@ -55,7 +55,7 @@ if added_tunables := allocator.tunables_to_add_here():
 import jax
 import pytest
 
-from dcgan_jax import default_config, train
+from dcgan_jax import default_config
 
 allocator.dispatch_in_calling_thread()  # as the CLIs do under those tunables
 
@@ -144,6 +144,8 @@ def _release_compiled_programs():
     yield
     _TESTS_RUN[0] += 1
     if int(os.environ.get("DCGAN_TEST_REPEAT", "1")) > 1 and _TESTS_RUN[0] % 25 == 0:
+        from dcgan_jax import train
+
         jax.clear_caches()
         train.forget_compiled_steps()
 

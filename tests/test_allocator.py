@@ -205,7 +205,6 @@ allocator.reexec_with_tunables()
 if not os.environ.get("ASYNC"):
     allocator.dispatch_in_calling_thread()
 import jax, jax.numpy as jnp
-from jax._src import xla_bridge
 
 a = jnp.ones((12288, 64), jnp.float32)
 b = jnp.ones((64, 2048), jnp.float32)
@@ -216,7 +215,7 @@ for _ in range(5):
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps({
     "faults": faults,
-    "async_dispatch": xla_bridge._CPU_ENABLE_ASYNC_DISPATCH.value,
+    "async_dispatch": jax.config.read("jax_cpu_enable_async_dispatch"),
     "retains": allocator.retains_freed_memory(),
 }))
 """

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dcgan_jax import default_config, models, sampling
-from dcgan_jax.state import create_state
+from dcgan_jax.state import abstract_state, create_state
 
 
 def _load_config(name):
@@ -219,7 +219,7 @@ def test_mixed_takes_winograd_on_generator_layers_at_least_256_wide():
 
 def _param_counts(config):
     g, d = models.make_models(config)
-    state = jax.eval_shape(lambda: create_state(config, g, d))
+    state = abstract_state(config, g, d)
     return models.count_params(state.generator.params), models.count_params(
         state.discriminator.params
     )

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dcgan_jax import conversion, models, parity, steps, torch_reference  # noqa: E402
-from dcgan_jax.state import create_state  # noqa: E402
+from dcgan_jax.state import abstract_state  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 # Small versions of the two reference architectures.
@@ -293,7 +293,7 @@ def test_mismatched_state_dict_is_refused_with_the_fix():
     net_g, net_d, *_ = torch_reference.build(config)
     other = tiny_config(**{**ARCHITECTURES["celeba"], "g_features": 8})
     g, d = models.make_models(other)
-    state = jax.eval_shape(lambda: create_state(other, g, d))
+    state = abstract_state(other, g, d)
     with pytest.raises(UserError, match=r"main.0.weight has shape \(8, 32, 4, 4\), expected"):
         conversion.load_into_state(
             state, parity.numpy_state_dict(net_g), parity.numpy_state_dict(net_d), other

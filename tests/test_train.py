@@ -324,3 +324,36 @@ def test_step_compiled_for_other_arguments_compiles_on_its_first_call():
     assert (np.asarray(new_state.step) == 1).all() and np.isfinite(
         np.asarray(metrics["d_loss"])
     ).all()
+
+
+class _FailingAheadOfTime:
+    """The pmapped step, except that its ahead-of-time compilation fails."""
+
+    def __init__(self, pmapped):
+        self.pmapped = pmapped
+
+    def lower(self, *args):
+        self.pmapped.lower(*args)  # traced as usual
+
+        class Lowered:
+            def compile(self):
+                raise RuntimeError("no ahead-of-time path here")
+
+        return Lowered()
+
+    def __call__(self, *args):
+        return self.pmapped(*args)
+
+
+def test_step_whose_compilation_failed_compiles_on_its_first_call(capsys):
+    config, devices = tiny_config(), jax.local_devices()
+    train.forget_compiled_steps()
+    step = train.make_p_train_step(devices)
+    step._changes = _FailingAheadOfTime(step._changes)
+    step.start_compiling(*train.abstract_step_arguments(config, devices))
+    new_state, metrics = step(*_fresh_step_arguments(config, devices))
+    assert step.compiled is None
+    assert (np.asarray(new_state.step) == 1).all() and np.isfinite(
+        np.asarray(metrics["d_loss"])
+    ).all()
+    assert "compiling it on its first call instead" in capsys.readouterr().out
