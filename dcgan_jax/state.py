@@ -147,6 +147,9 @@ def abstract_state(config, generator: nn.Module, discriminator: nn.Module) -> GA
     )
 
 
+# One compiled initialisation instead of hundreds of op-by-op dispatches, compiled once per
+# models and settings.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _create_state(
     settings: _InitSettings, generator: nn.Module, discriminator: nn.Module, seed: jax.Array
 ) -> GANState:
@@ -169,16 +172,6 @@ def _create_state(
     )
 
 
-# One compiled initialisation instead of hundreds of op-by-op dispatches, compiled once per
-# models and settings. XLA:CPU compiles it (~100 small kernels of key arithmetic and random
-# draws, run once) with LLVM's optimisations off: 0.85 s against 1.3-1.7 (celeba, 2-core
-# Intel Xeon), time the training step's own compilation shares the cores with (train.py
-# compiles both at once). The draws' last bit may differ (about 4% of the weights by one
-# ulp against the optimised program's, instructions chosen differently): the same
-# distribution.
-_create_state = jax.jit(_create_state, static_argnums=(0, 1, 2))
-
-
 def forget_compiled_initialisations() -> None:
     """Drops the initialisations compiled for the CPU (`jax.clear_caches()` does not)."""
     _compiled_for_cpu.cache_clear()
@@ -186,5 +179,11 @@ def forget_compiled_initialisations() -> None:
 
 @functools.lru_cache(maxsize=8)
 def _compiled_for_cpu(settings: _InitSettings, generator: nn.Module, discriminator: nn.Module):
+    """`_create_state` as XLA:CPU compiles it (~100 small kernels of key arithmetic and random
+    draws, run once) with LLVM's optimisations off: 0.85 s against 1.3-1.7 (celeba, 2-core
+    Intel Xeon), time the training step's own compilation shares the cores with (train.py
+    compiles both at once). The draws' last bit may differ (about 4% of the weights by one
+    ulp against the optimised program's, instructions chosen differently): the same
+    distribution."""
     lowered = _create_state.lower(settings, generator, discriminator, np.int32(0))
     return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})

@@ -195,16 +195,13 @@ def forget_compiled_steps() -> None:
 
 
 def _signature(tree) -> tuple:
+    """What a compiled step must match: the tree, and each array's (or
+    `jax.ShapeDtypeStruct`'s) shape, dtype, sharding and weak type."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     return treedef, tuple(
-        (x.shape, np.dtype(x.dtype), getattr(x, "sharding", None), _weak_type(x)) for x in leaves
+        (x.shape, np.dtype(x.dtype), getattr(x, "sharding", None), getattr(x, "weak_type", False))
+        for x in leaves
     )
-
-
-def _weak_type(x) -> bool:
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return bool(x.weak_type)
-    return bool(getattr(getattr(x, "aval", None), "weak_type", False))
 
 
 def abstract_step_arguments(config, devices) -> tuple[GANState, jax.ShapeDtypeStruct]:
