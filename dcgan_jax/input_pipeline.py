@@ -121,6 +121,24 @@ def _tfds_images(name: str, data_dir: str | None, split: str) -> tf.data.Dataset
     return ds.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` without tf.data's autotuning: parallel calls asked for as AUTOTUNE run at one
+    per core (TensorFlow's starting value: min(16, cores)) and prefetch buffers still adapt,
+    but no optimisation thread runs beside the iterator.
+
+    Why: that thread sleeps between optimisations for periods that double up to 60 s, and
+    destroying the iterator did not wake it. At the end of training, the iterator's deletion
+    waited out the rest of the sleep: 15-22 s in 4 of 10 short training runs on the 2-core
+    Intel Xeon VM (gdb: the main thread in `RootDataset::Iterator::~Iterator`, the model
+    thread in `Model::OptimizeLoop`'s timed wait). On 2 cores autotuning has little to
+    choose; the pipelines' throughput was the same with it off (cifar cached 195-204k
+    against 167-280k images/s, a folder of JPEGs decoded every epoch 4,660-4,700 against
+    4,540-4,570; `python -m dcgan_jax.input_pipeline --benchmark`)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def _process_share(num_examples: int, process_index: int, process_count: int) -> slice:
     """The contiguous, equal-sized block of examples that one process reads."""
     share = num_examples // process_count
@@ -144,7 +162,7 @@ def readable_images(paths: list[str]) -> list[str]:
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    good = decoded.ignore_errors()  # truncated, corrupt or non-image files drop out here
+    good = _without_autotuning(decoded.ignore_errors())  # bad files drop out here
     return [paths[int(i)] for i, _ in good.as_numpy_iterator()]
 
 
@@ -232,7 +250,7 @@ def source_images(
         num_examples = int(ds.cardinality())
         if num_examples < 0:  # unknown; count once
             num_examples = int(ds.reduce(0, lambda n, _: n + 1))
-    ds = ds.map(to_model_format, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _without_autotuning(ds.map(to_model_format, num_parallel_calls=tf.data.AUTOTUNE))
     local_batch = config.batch_size // process_count  # process_count is 1 for global_batches
     if num_examples < local_batch:
         raise UserError(
@@ -285,9 +303,6 @@ def batched_stream(
         if cache:
             # Every image decoded once, in parallel, into one array; epochs gather from it.
             stored = tf.constant(np.stack(list(source.images.as_numpy_iterator())))
-            load = lambda index: tf.gather(stored, index)
-        else:
-            load = source.load
 
         def permutation(index):
             order = tf.random.experimental.stateless_shuffle(
@@ -298,9 +313,17 @@ def batched_stream(
 
         indices = epochs.flat_map(permutation).skip(offset)  # indices: skipping is free
         indices = indices.batch(batch_size, drop_remainder=True)
-        ds = indices.map(lambda batch: batch[rows.start : rows.stop]).unbatch()
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(rows.stop - rows.start, drop_remainder=True)
+        indices = indices.map(lambda batch: batch[rows.start : rows.stop])
+        if cache:  # one gather per batch: per-image calls cost more than the copy
+            ds = indices.map(
+                lambda batch: tf.gather(stored, batch),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+        else:
+            ds = indices.unbatch()
+            ds = ds.map(source.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            ds = ds.batch(rows.stop - rows.start, drop_remainder=True)
     else:
         images = source.images.cache() if cache else source.images
         if offset:  # a new process's cache is empty: the skipped examples are decoded
@@ -326,7 +349,7 @@ def batched_stream(
     ds = ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return _without_autotuning(ds.with_options(options)).prefetch(tf.data.AUTOTUNE)
 
 
 def create_dataset(

@@ -55,6 +55,20 @@ def test_device_count_only_reshapes_the_global_batch():
         np.testing.assert_array_equal(a.reshape(8, -1), b.reshape(8, -1))
 
 
+@pytest.mark.parametrize("epoch_order", ["permutation", "window"])
+def test_pipelines_run_without_tf_datas_autotuning_thread(epoch_order):
+    # That thread slept through its iterator's deletion: up to ~20 s at the end of training
+    # (input_pipeline._without_autotuning). The source feeds the FID statistics and the
+    # digits classifier; the stream feeds training.
+    config = tiny_config(batch_size=8, epoch_order=epoch_order)
+    source = input_pipeline.source_images(config, 0, 1)
+    stream = input_pipeline.create_dataset(config, num_devices=1, source=source)
+    assert source.images.options().autotune.enabled is False
+    assert stream.options().autotune.enabled is False
+    assert stream.options().deterministic is True  # the other option survives the merge
+    assert _take(stream, 1)[0].shape == (1, 8, 16, 16, 1)
+
+
 @pytest.mark.parametrize(
     "config_name,dataset,shape",
     [
@@ -71,7 +85,9 @@ def test_each_tfds_config_yields_model_batches_under_mock_data(config_name, data
     config.batch_size = 4
     validate_config(config, num_devices=2)
     with tfds.testing.mock_data(num_examples=10):
-        batches = _take(input_pipeline.create_dataset(config, num_devices=2), 3)
+        stream = input_pipeline.create_dataset(config, num_devices=2)
+        batches = _take(stream, 3)
+    assert stream.options().autotune.enabled is False
     for batch in batches:
         assert batch.shape == (2, 2, *shape) and batch.dtype == np.float32
         assert -1.0 <= batch.min() and batch.max() <= 1.0
@@ -376,6 +392,28 @@ def test_resuming_skips_the_epochs_start_without_decoding_it(cache):
     assert resumed == from_start[50:60]
     if not cache:  # (a cached source decodes everything once, in file order, up front)
         assert not set(decoded) & set(from_start[:50]), "skipped examples were decoded"
+
+
+def test_cached_stream_equals_the_decoded_one_rows_included():
+    """The cache gathers whole batches from memory, the uncached stream decodes image by
+    image: the same examples in the same places, also for one process's rows."""
+    source = _numbered_source(100)
+    for rows in (None, slice(4, 10)):
+        streams = [
+            input_pipeline.batched_stream(
+                source,
+                batch_size=10,
+                rows=rows,
+                num_devices=1,
+                seed=3,
+                shuffle_buffer_size=4,
+                start_step=7,  # inside epoch 0, and the stream runs on into epoch 1
+                cache=cache,
+            )
+            for cache in (False, True)
+        ]
+        decoded, cached = (_indices(_take(stream, 6)) for stream in streams)
+        assert decoded == cached and len(decoded) == 6 * (6 if rows else 10)
 
 
 def test_folders_and_digits_permute_while_tfds_keeps_its_window_and_old_runs_resume():
