@@ -10,7 +10,7 @@ repository's tools and train with `--config.dataset=folder:/path/to/bedroom_imag
 50,000 steps x 64 images is about one epoch, the paper's schedule for its bedroom samples.
 Compute: 3.2M images x 2.29 GFLOP = 7.3 PFLOP. The training step of this model ran at
 24,659 images/s on an H100 (configs/celeba.py, same model), about 2.2 minutes per epoch:
-there the pace is set by JPEG decoding on the host CPU (~1,100 images/s per core measured;
+there the pace is set by JPEG decoding on the host CPU (~1,100-2,200 images/s per core measured;
 `python -m dcgan_jax.input_pipeline --benchmark`), unless the decoded images are cached.
 """
 
