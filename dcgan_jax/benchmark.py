@@ -82,7 +82,7 @@ class JaxRunner:
             config = default_config.with_overrides(config, convolutions=convolutions)
         devices = jax.local_devices()
         self.devices = devices
-        p_step = train.make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
+        p_step = train.train_step_for(config, devices)
         # As `train` does: the step compiles while the state is initialised.
         p_step.start_compiling(*train.abstract_step_arguments(config, devices))
         state = train.replicate(train.init_state(config), devices)

@@ -86,7 +86,7 @@ def profile_jax(config, batch: np.ndarray, repeats: int = 5) -> dict[str, float]
     # where a jitted `train_step_with_noise` would also copy what passes through (the EMA,
     # the fixed noise) into new buffers.
     device = jax.local_devices()[:1]
-    step = train.make_p_train_step(device, config.ema_decay > 0, config.ema_warmup)
+    step = train.train_step_for(config, device)
     step_state = train.replicate(train.init_state(config), device)
     step_batch = jax.device_put(batch[None], train.device_sharding(device))
 

@@ -227,6 +227,12 @@ def make_p_train_step(devices=None, update_ema: bool = False, ema_warmup: bool =
     return TrainStep(devices, update_ema, ema_warmup)
 
 
+def train_step_for(config, devices) -> TrainStep:
+    """The training step of `config` (its EMA generator updated and warmed up as it says),
+    as training, the benchmark and the step profile run it."""
+    return make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
+
+
 def init_state(config) -> GANState:
     """A fresh, unreplicated state whose modules synchronise over the pmap axis."""
     generator, discriminator = models.make_models(config, axis_name=AXIS_NAME)
@@ -445,7 +451,7 @@ def _resume_and_train(config, workdir: str, devices, on_samples, started: float)
     manager = checkpointing.make_manager(workdir, config.max_checkpoints)
     writer = None
     try:
-        train_step = make_p_train_step(devices, config.ema_decay > 0, config.ema_warmup)
+        train_step = train_step_for(config, devices)
         if jax.process_count() == 1:
             # The step compiles (most of the time to the first step) while the state is
             # initialised or restored and the input pipeline is built.
