@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     # products: much faster under XLA:CPU), "lax" (XLA's native convolutions: cuDNN on GPUs),
     # "winograd" (Winograd's algorithm: 9/16 of the multiplies, plus transforms),
     # "mixed" ("matmul", except that D's wider layers take XLA's native convolution but the
-    # matrix product's input gradient, or Winograd's algorithm where they do >= 2^25
+    # matrix product's input gradient, or Winograd's algorithm where they do >= 2^23
     # multiply-adds per image, and that G's layers whose input and output are both >= 256
     # channels wide take Winograd's algorithm: faster still on XLA:CPU) or
     # "auto" (the one measured faster on the backend in use; see the README's speed

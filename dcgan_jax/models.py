@@ -11,7 +11,7 @@ multiply-adds). `convolutions="lax"` selects the textbook `lax` formulation inst
 GPUs and TPUs XLA hands it to cuDNN or the TPU's convolution units); `"mixed"` is `matmul`
 except that D's wider layers take XLA's native convolution for the output and the kernel
 gradient and the matrix product's input gradient (Winograd's algorithm on those of at least
-2^25 multiply-adds per image), that G's layers whose input and output are both at least 256
+2^23 multiply-adds per image), that G's layers whose input and output are both at least 256
 channels wide take Winograd's algorithm (`winograd.py`: 9/16 of the multiplies), and that
 the other matrix products take their kernel gradient on a written-out x^T where x is wide
 and not large (all faster on XLA:CPU); `"winograd"` takes Winograd's algorithm on every
@@ -238,17 +238,19 @@ _native_strided_conv_matmul_input_grad.defvjp(_native_conv_fwd, _native_conv_bwd
 # emitters, which the CLIs no longer use: `xla_flags.CPU_FUSION_EMITTERS`).
 WINOGRAD_MIN_CHANNELS = 256
 # ... and for D's layers (wider than an image) that do at least this many multiply-adds per
-# image: celeba's three (2^25 each: 32x32 64->128, 16x16 128->256, 8x8 256->512), not cifar's
-# (2^23). Measured (same VM, 2026-12-05 08:15-08:25 UTC, XLA's legacy fusion emitters), per
-# layer at batch 64, forward plus both gradients: celeba's 28.5, 17.6 and 16.0 ms against
-# 32.2, 24.0 and 20.6 (the input gradients 11.2, 6.8, 6.7 against 17.3, 9.7, 8.6); in the
-# celeba step (one process, alternating windows, runs of 07:45-08:20 UTC) 1.12x and 1.20x
-# on all three, 1.07-1.19x on the two wider, 1.04-1.13x on the 8x8 one alone; cifar's two
-# layers (4.5-5.8 against 5.3-7.3 ms) moved its step by 1.005x and 0.98x, noise, so they keep
-# the cheaper compilation. Measured in float32 at batch 64 (bfloat16 rounds the transforms:
-# about 3x the matrix product's error, within the bfloat16 bound of the tests; other batch
-# sizes in the README's sweep).
-WINOGRAD_MIN_DOWN_MULTIPLY_ADDS = 2**25
+# image: celeba's three (2^25 each: 32x32 64->128, 16x16 128->256, 8x8 256->512) and
+# cifar's two (2^23 each: 16x16 64->128, 8x8 128->256). Measured per layer on a 2-core AMD
+# EPYC Zen 5 (2026-12-05 08:15-08:25 UTC, XLA's legacy fusion emitters) at batch 64, forward
+# plus both gradients: celeba's 28.5, 17.6 and 16.0 ms against 32.2, 24.0 and 20.6 (the
+# input gradients 11.2, 6.8, 6.7 against 17.3, 9.7, 8.6); in the celeba step (one process,
+# alternating windows) 1.12x and 1.20x on all three. Cifar's two layers moved its step by
+# 1.005x and 0.98x there, noise; on the 2-core Intel Xeon VM (2026-12-05 15:43-15:50 UTC,
+# the whole step, one process, 10 alternating windows) by 1.020x, 1.033x and 1.037x at
+# batch 64, 1.04x at 256 and 0.997x at 16, for 1.9-2.2 s more compilation (the first step
+# stays under 10 s). Measured in float32 (bfloat16 rounds the transforms: about 3x the
+# matrix product's error, within the bfloat16 bound of the tests; other batch sizes in the
+# README's sweep).
+WINOGRAD_MIN_DOWN_MULTIPLY_ADDS = 2**23
 
 
 def _takes_winograd(x: jax.Array, kernel: jax.Array) -> bool:
