@@ -16,8 +16,8 @@ side to 64, center crop: more hair and background). TFDS's download of CelebA of
 Compute: 30,000 steps (~9.5 epochs) x 64 images x 2.29 GFLOP = 4.4 PFLOP. The training step,
 measured (python -m dcgan_jax.benchmark): 24,659 images/s on an H100 (fp32 with TF32, JAX
 alone, with the cuBLAS default; 32,784 with --config.half_precision=True before it), so
-there JPEG decoding and the input pipeline set the pace; 112.0-117.2 images/s on a 2-core
-Intel Xeon VM under train's allocator settings (~4.6 hours; 1.26-1.28x PyTorch in the same
+there JPEG decoding and the input pipeline set the pace; 113.7-118.5 images/s on a 2-core
+Intel Xeon VM under train's allocator settings (~4.6 hours; 1.26-1.29x PyTorch in the same
 process; 163-169 on the AMD EPYC (Zen 5) VM before). A Colab T4 has not been measured.
 """
 

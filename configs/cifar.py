@@ -9,8 +9,8 @@ first run.
 Compute: 20,000 steps x 64 images x 1.92 GFLOP = 2.5 PFLOP. The training step, measured
 (python -m dcgan_jax.benchmark): 35,897 images/s on an H100 (fp32 with TF32; 46,061 with
 --config.half_precision=True; JAX alone, with the cuBLAS default), i.e. under a minute of
-steps, so there the input pipeline and logging set the pace; 164.0-166.1 images/s on a
-2-core Intel Xeon VM under train's allocator settings (~2.2 hours; 1.33-1.36x PyTorch in
+steps, so there the input pipeline and logging set the pace; 166.1-170.4 images/s on a
+2-core Intel Xeon VM under train's allocator settings (~2.1 hours; 1.41-1.43x PyTorch in
 the same process, the README's latest table; 241-250 on the AMD EPYC (Zen 5) VM before).
 A Colab T4 has not been measured.
 """
