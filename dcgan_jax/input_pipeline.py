@@ -118,7 +118,9 @@ def _tfds_images(name: str, data_dir: str | None, split: str) -> tf.data.Dataset
             f"could not load TFDS dataset {name!r} ({describe_error(e, 300)}). "
             + _download_help(name, data_dir)
         ) from e
-    return ds.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)
+    # Without autotuning already here: an unknown split size is counted by a pass over it.
+    images = ds.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)
+    return _without_autotuning(images)
 
 
 def _without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -131,9 +133,10 @@ def _without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
     waited out the rest of the sleep: 15-22 s in 4 of 10 short training runs on the 2-core
     Intel Xeon VM (gdb: the main thread in `RootDataset::Iterator::~Iterator`, the model
     thread in `Model::OptimizeLoop`'s timed wait). On 2 cores autotuning has little to
-    choose; the pipelines' throughput was the same with it off (cifar cached 195-204k
-    against 167-280k images/s, a folder of JPEGs decoded every epoch 4,660-4,700 against
-    4,540-4,570; `python -m dcgan_jax.input_pipeline --benchmark`)."""
+    choose; the pipelines' throughput was the same with it off (two runs each, alternating,
+    of `input_pipeline.measure_throughput`: cifar on TFDS mock data, cached, 195-204k images/s
+    off against 167-280k on; a folder of JPEGs decoded every epoch 4,660-4,700 against
+    4,540-4,570)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
