@@ -121,4 +121,5 @@ def test_a_killed_process_stops_the_other_with_a_message(tmp_path):
     # when its heartbeat check ends the process first; never a hang.
     ours = "another process of this run has probably died or been killed"
     jaxs = "the JAX distributed service detected fatal errors. This most likely indicates"
-    assert ours in err or jaxs in err, err[-3000:]
+    # (A fatal error's thread stacks and module list would fill the message's tail.)
+    assert ours in err or jaxs in err, err.split("\nThread 0x")[0][-3000:]
