@@ -307,8 +307,7 @@ def measure(runner, batch_size: int, steps_per_window: int, timings: dict) -> No
 def _timed_first_step(make_runner) -> tuple[object, float]:
     # A cold start: programs that an earlier case in this process compiled for an equal
     # model (state.py shares them between states) would otherwise be reused.
-    jax.clear_caches()
-    train.forget_compiled_steps()
+    train.forget_compiled_programs()
     start = time.perf_counter()
     runner = make_runner()
     runner.run(1)

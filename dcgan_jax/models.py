@@ -312,7 +312,7 @@ def _kernel_4x4(module: nn.Module, x: jax.Array, features: int) -> jax.Array:
 
 # The formulations of each strided convolution: the same function, different kernels.
 # Read when a model is traced; compiled programs are shared between equal models (state.py),
-# so a prototype that swaps entries within a process must call jax.clear_caches().
+# so a prototype that swaps entries within a process must call train.forget_compiled_programs().
 # "mixed" differs from "matmul" in D's wider layers (XLA's native convolutions, Winograd's
 # algorithm on those of at least `WINOGRAD_MIN_DOWN_MULTIPLY_ADDS` per image), in G's layers
 # whose input and output are both at least `WINOGRAD_MIN_CHANNELS` wide (Winograd's) and in how the

@@ -186,9 +186,12 @@ _COMPILED_STEPS_KEPT = 8
 _COMPILED_STEPS_LOCK = threading.Lock()  # compilations end in their own threads
 
 
-def forget_compiled_steps() -> None:
-    """Drops the compiled steps and initialisations kept for later runs (with
-    `jax.clear_caches()`: a cold start, or memory back)."""
+def forget_compiled_programs() -> None:
+    """Drops every program compiled in this process: JAX's caches, and the steps and
+    initialisations kept here for later runs (which `jax.clear_caches()` alone leaves: a
+    step started afterwards would take its executable from `_COMPILED_STEPS`). For a cold
+    start, memory back, or a model whose formulation was changed in the process."""
+    jax.clear_caches()
     with _COMPILED_STEPS_LOCK:
         _COMPILED_STEPS.clear()
     forget_compiled_initialisations()

@@ -146,8 +146,7 @@ def _release_compiled_programs():
     if int(os.environ.get("DCGAN_TEST_REPEAT", "1")) > 1 and _TESTS_RUN[0] % 25 == 0:
         from dcgan_jax import train
 
-        jax.clear_caches()
-        train.forget_compiled_steps()
+        train.forget_compiled_programs()
 
 
 _TESTS_RUN = [0]

@@ -302,7 +302,7 @@ def test_step_compiled_in_the_background_is_the_step_called():
     state: the executable must fit the arguments it is then called with (else every run
     would compile twice), and compute what the step compiled on its first call does."""
     config, devices = tiny_config(), jax.local_devices()
-    train.forget_compiled_steps()
+    train.forget_compiled_programs()
     step = train.make_p_train_step(devices)
     step.start_compiling(*train.abstract_step_arguments(config, devices))
     state, batch = _fresh_step_arguments(config, devices)
@@ -347,7 +347,7 @@ class _FailingAheadOfTime:
 
 def test_step_whose_compilation_failed_compiles_on_its_first_call(capsys):
     config, devices = tiny_config(), jax.local_devices()
-    train.forget_compiled_steps()
+    train.forget_compiled_programs()
     step = train.make_p_train_step(devices)
     step._changes = _FailingAheadOfTime(step._changes)
     step.start_compiling(*train.abstract_step_arguments(config, devices))
